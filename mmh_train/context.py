@@ -1,0 +1,94 @@
+"""The side-effect-free evaluation context every estimator runs in, and the network precision policy.
+
+Monitoring must never change training: after an estimator returns, every module's train/eval flag,
+the grad-enabled flag and the autocast state are exactly what they were, and the global RNG was never
+drawn from (estimators take explicit ``torch.Generator``\\ s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+import weakref
+from typing import Iterator
+
+import torch
+from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+__all__ = ["PRECISIONS", "estimator_context", "network_precision", "remember_precision_fallback",
+           "precision_fell_back"]
+
+#: Precision policies for the network during estimation; accumulation is always fp32 (or fp64).
+PRECISIONS = ("fp32", "bf16", "fp16")
+_HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Networks whose half-precision JVP failed once: later calls go straight to fp32.
+_FALLBACKS: "weakref.WeakKeyDictionary[nn.Module, set[tuple[str, str]]]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def estimator_context(modules: list[nn.Module], *, eval_mode: bool = True) -> Iterator[None]:
+    """Runs estimators in eval mode with the MATH attention kernel, then restores everything.
+
+    Eval mode makes estimates deterministic (dropout off, BatchNorm on running statistics) and is
+    required by ``vmap``, which refuses randomness such as dropout. The MATH SDPA kernel is the only one
+    with forward-mode AD and double backward. On exit each submodule's own ``training`` flag is restored
+    (not a blanket ``.train()``, which would overwrite submodules the user froze in eval mode), as is the
+    grad-enabled flag.
+
+    Args:
+        modules: the networks the estimator evaluates.
+        eval_mode: put them in eval mode for the duration (default True).
+    """
+    saved_modes = [(m, m.training) for root in modules for m in root.modules()]
+    grad_enabled = torch.is_grad_enabled()
+    try:
+        if eval_mode:
+            for root in modules:
+                root.eval()
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
+    finally:
+        for module, training in saved_modes:
+            module.training = training
+        torch.set_grad_enabled(grad_enabled)
+
+
+@contextlib.contextmanager
+def network_precision(precision: str, device_type: str) -> Iterator[None]:
+    """Autocast for the network's forward and JVPs: off for ``"fp32"``, bf16/fp16 otherwise.
+
+    ``"fp32"`` disables any autocast the caller left on (e.g. inside ``accelerator.autocast()``), so
+    estimates do not silently depend on the training loop's mixed-precision setting.
+    """
+    if precision == "fp32":
+        with torch.autocast(device_type=device_type, enabled=False):
+            yield
+    else:
+        with torch.autocast(device_type=device_type, dtype=_HALF_DTYPES[precision]):
+            yield
+
+
+def _fallback_key(precision: str, device_type: str) -> tuple[str, str]:
+    return (precision, device_type)
+
+
+def precision_fell_back(modules: list[nn.Module], precision: str, device_type: str) -> bool:
+    """True when a half-precision JVP through one of ``modules`` failed before on this device."""
+    key = _fallback_key(precision, device_type)
+    return any(key in _FALLBACKS.get(m, ()) for m in modules)
+
+
+def remember_precision_fallback(modules: list[nn.Module], precision: str, device_type: str,
+                                error: Exception) -> None:
+    """Warns once that ``precision`` failed for these networks and records the fall-back to fp32."""
+    warnings.warn(
+        f"The {precision} JVP through this network failed on {device_type} ({type(error).__name__}: "
+        f"{str(error).splitlines()[0][:200]}); mmh_train falls back to fp32 for it from now on. Pass "
+        f"precision='fp32' to silence this warning.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    for m in modules:
+        _FALLBACKS.setdefault(m, set()).add(_fallback_key(precision, device_type))
