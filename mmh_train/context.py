@@ -16,15 +16,15 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["PRECISIONS", "estimator_context", "network_precision", "remember_precision_fallback",
-           "precision_fell_back"]
+__all__ = ["PRECISIONS", "estimator_context", "network_precision", "fell_back", "remember_fallback",
+           "warn_precision_fallback"]
 
 #: Precision policies for the network during estimation; accumulation is always fp32 (or fp64).
 PRECISIONS = ("fp32", "bf16", "fp16")
 _HALF_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-# Networks whose half-precision JVP failed once: later calls go straight to fp32.
-_FALLBACKS: "weakref.WeakKeyDictionary[nn.Module, set[tuple[str, str]]]" = weakref.WeakKeyDictionary()
+# Configurations that failed once per network (a half-precision JVP, a vmapped product): skipped later.
+_FALLBACKS: "weakref.WeakKeyDictionary[nn.Module, set[tuple[str, ...]]]" = weakref.WeakKeyDictionary()
 
 
 @contextlib.contextmanager
@@ -70,25 +70,23 @@ def network_precision(precision: str, device_type: str) -> Iterator[None]:
             yield
 
 
-def _fallback_key(precision: str, device_type: str) -> tuple[str, str]:
-    return (precision, device_type)
-
-
-def precision_fell_back(modules: list[nn.Module], precision: str, device_type: str) -> bool:
-    """True when a half-precision JVP through one of ``modules`` failed before on this device."""
-    key = _fallback_key(precision, device_type)
+def fell_back(modules: list[nn.Module], key: tuple[str, ...]) -> bool:
+    """True when a configuration ``key`` failed before for one of ``modules`` (see :func:`remember_fallback`)."""
     return any(key in _FALLBACKS.get(m, ()) for m in modules)
 
 
-def remember_precision_fallback(modules: list[nn.Module], precision: str, device_type: str,
-                                error: Exception) -> None:
-    """Warns once that ``precision`` failed for these networks and records the fall-back to fp32."""
+def remember_fallback(modules: list[nn.Module], key: tuple[str, ...]) -> None:
+    """Records that configuration ``key`` failed for these networks, so later calls skip it."""
+    for m in modules:
+        _FALLBACKS.setdefault(m, set()).add(key)
+
+
+def warn_precision_fallback(precision: str, device_type: str, error: Exception) -> None:
+    """Says once per network that a half-precision JVP failed and fp32 is used instead."""
     warnings.warn(
         f"The {precision} JVP through this network failed on {device_type} ({type(error).__name__}: "
         f"{str(error).splitlines()[0][:200]}); mmh_train falls back to fp32 for it from now on. Pass "
         f"precision='fp32' to silence this warning.",
         RuntimeWarning,
-        stacklevel=3,
+        stacklevel=4,
     )
-    for m in modules:
-        _FALLBACKS.setdefault(m, set()).add(_fallback_key(precision, device_type))

@@ -74,29 +74,38 @@ def _basis_chunk(start: int, stop: int, like: Tensor) -> Tensor:
     return eye[:, None, :].expand(-1, like.shape[0], -1).reshape(stop - start, *like.shape)
 
 
-def _quadratic_forms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Iterable[Tensor], mode: str,
-                     output_check: Callable[[Tensor], None] | None) -> tuple[Tensor, Tensor]:
-    """f(x) and vᵀ J v for every tangent chunk: returns (output ``[B, ...]``, forms ``[K, B]`` in fp32+)."""
-    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+def _reverse_forms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Iterable[Tensor], acc: torch.dtype,
+                   check: Callable[[Tensor], None], vectorize: bool) -> tuple[Tensor, list[Tensor]]:
+    """One forward pass, then vᵀ (Jᵀ v) for every tangent."""
+    output, pullback = vjp(f, x)
+    check(output)
+
+    def pull(v: Tensor) -> Tensor:
+        return pullback(v.to(output.dtype))[0]
+
     forms = []
-    if mode == "reverse":
-        output, pullback = vjp(f, x)
-        if output_check is not None:
-            output_check(output)
-        for v in tangents:
-            (jt_v,) = vmap(pullback)(v.to(output.dtype))
-            forms.append((v.to(acc) * jt_v.to(acc)).flatten(2).sum(-1))
-        return output, torch.cat(forms)
-    output = None
     for v in tangents:
-        out, j_v = vmap(lambda t: jvp(f, (x,), (t,)), out_dims=(None, 0))(v)
+        jt_v = vmap(pull)(v) if vectorize else torch.stack([pull(vi) for vi in v])
+        forms.append((v.to(acc) * jt_v.to(acc)).flatten(2).sum(-1))
+    return output, forms
+
+
+def _forward_forms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Iterable[Tensor], acc: torch.dtype,
+                   check: Callable[[Tensor], None], vectorize: bool) -> tuple[Tensor, list[Tensor]]:
+    """vᵀ (J v) for every tangent; f(x) is the primal the first JVP computes anyway."""
+    output, forms = None, []
+    for v in tangents:
+        if vectorize:
+            out, j_v = vmap(lambda t: jvp(f, (x,), (t,)), out_dims=(None, 0))(v)
+        else:
+            pairs = [jvp(f, (x,), (vi,)) for vi in v]
+            out, j_v = pairs[0][0], torch.stack([p[1] for p in pairs])
         if output is None:
             output = out
-            if output_check is not None:
-                output_check(output)
+            check(output)
         forms.append((v.to(acc) * j_v.to(acc)).flatten(2).sum(-1))
     assert output is not None
-    return output, torch.cat(forms)
+    return output, forms
 
 
 def jacobian_trace(
@@ -110,6 +119,7 @@ def jacobian_trace(
     mode: str = "reverse",
     exact_max_dim: int = EXACT_MAX_DIM,
     output_check: Callable[[Tensor], None] | None = None,
+    vectorize: bool = True,
 ) -> TraceEstimate:
     """Trace of ∂f/∂x per sample, with one forward pass and one JVP (or VJP) per probe.
 
@@ -125,6 +135,8 @@ def jacobian_trace(
         mode: ``"reverse"`` (one forward, then vmapped VJPs) or ``"forward"`` (vmapped JVPs).
         exact_max_dim: the largest D traced exactly when ``n_probes`` is ``None``.
         output_check: called with f(x) before any Jacobian product (to validate shapes early).
+        vectorize: batch the products of a chunk with ``vmap`` (default) or loop over them. Some layers
+            refuse batched tangents (diffusers' GroupNorm path on CPU); the loop always works.
 
     Returns:
         A :class:`TraceEstimate`.
@@ -142,7 +154,11 @@ def jacobian_trace(
             generator = torch.Generator(device=x.device).manual_seed(0)
         probes = draw_probes(n_vectors, x, probe, generator)
         tangents = probes.split(chunk_size)
-    output, forms = _quadratic_forms(f, x, tangents, mode, output_check)
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    check = output_check or (lambda output: None)
+    forms_of = _reverse_forms if mode == "reverse" else _forward_forms
+    output, chunks = forms_of(f, x, tangents, acc, check, vectorize)
+    forms = torch.cat(chunks)  # [K, B]
     if exact:
         return TraceEstimate(forms.sum(0), None, output, n_vectors, True)
     stderr = forms.std(0, correction=1) / n_vectors**0.5 if n_vectors > 1 else None

@@ -18,17 +18,23 @@ from ..parameterizations import Denoiser
 
 __all__ = ["MemorizerDenoiser", "memorizer_flipd"]
 
-_QUERY_CHUNK = 256
+_DIFFERENCE_ELEMENTS = 1 << 24  # bound on chunk × N × D differences held at once
 
 
 def _squared_distances(x: Tensor, train: Tensor) -> Tensor:
-    """‖x_i − x_j‖² as ``[B, N]``, computed from differences (exact zeros for identical rows)."""
-    return torch.cdist(x.flatten(1), train.flatten(1), compute_mode="donot_use_mm_for_euclid_dist") ** 2
+    """‖x_i − x_j‖² as ``[B, N]``, summed from differences (exact zeros for identical rows)."""
+    return (x.flatten(1)[:, None, :] - train.flatten(1)[None, :, :]).pow(2).sum(-1)
 
 
-def _memorizer_weights(sq_dists: Tensor, sigma: Tensor) -> Tensor:
-    """w = softmax_j(−‖x − x_j‖² / (2σ²)).  ``sq_dists: [B, N]``, ``sigma: [B]``."""
-    return torch.softmax(-sq_dists / (2 * sigma.to(sq_dists.dtype)[:, None] ** 2), dim=1)
+def _memorizer_weights(x: Tensor, train: Tensor, sigma: Tensor) -> Tensor:
+    """w = softmax_j(−‖x − x_j‖² / (2σ²)) = softmax_j((x·x_j − ½‖x_j‖²) / σ²), ``[B, N]``.
+
+    The second form drops ‖x‖², which is constant along j and cancels in the softmax: no distance
+    (and no ``torch.cdist``, whose backward is not accurate to float64 precision) enters the Jacobian.
+    """
+    x, train = x.flatten(1), train.flatten(1)
+    logits = (x @ train.T - 0.5 * train.pow(2).sum(1)) / sigma.to(x.dtype)[:, None] ** 2
+    return torch.softmax(logits, dim=1)
 
 
 class MemorizerDenoiser(Denoiser):
@@ -44,7 +50,7 @@ class MemorizerDenoiser(Denoiser):
     def __call__(self, x: Tensor, sigma: Tensor) -> Tensor:
         sigma = torch.as_tensor(sigma, device=x.device).reshape(-1).expand(x.shape[0])
         train = self.train.to(device=x.device, dtype=x.dtype)
-        weights = _memorizer_weights(_squared_distances(x, train), sigma)
+        weights = _memorizer_weights(x, train, sigma)
         return (weights @ train.flatten(1)).reshape(x.shape)
 
 
@@ -57,9 +63,10 @@ def memorizer_flipd(train: Tensor, x: Tensor, sigma: float | Tensor) -> Tensor:
     check_sigma(sigma, x.shape[0])
     sigma_b = as_sigma_batch(sigma, x.shape[0], device=x.device)
     train = train.to(device=x.device, dtype=x.dtype)
+    chunk = max(1, _DIFFERENCE_ELEMENTS // train.numel())
     out = []
-    for start in range(0, x.shape[0], _QUERY_CHUNK):
-        sq = _squared_distances(x[start:start + _QUERY_CHUNK], train)
-        s = sigma_b[start:start + _QUERY_CHUNK]
-        out.append((_memorizer_weights(sq, s) * sq).sum(1) / s.to(sq.dtype) ** 2)
+    for start in range(0, x.shape[0], chunk):
+        xc, s = x[start:start + chunk], sigma_b[start:start + chunk]
+        sq = _squared_distances(xc, train)
+        out.append((_memorizer_weights(xc, train, s) * sq).sum(1) / s.to(sq.dtype) ** 2)
     return torch.cat(out)

@@ -15,12 +15,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..context import (
-    estimator_context,
-    network_precision,
-    precision_fell_back,
-    remember_precision_fallback,
-)
+from ..context import estimator_context, fell_back, network_precision, remember_fallback, warn_precision_fallback
 from ..jacobian import EXACT_MAX_DIM, TraceEstimate, jacobian_trace
 from ..parameterizations import Denoiser
 from ._prepare import output_checker, prepare_denoiser_call
@@ -54,36 +49,61 @@ def flipd_from_denoiser_terms(trace: Tensor, squared_residual: Tensor, sigma: Te
     return trace + squared_residual / sigma.to(trace.dtype) ** 2
 
 
-def trace_of_denoiser(denoiser: Denoiser, x: Tensor, sigma: Tensor, *, precision: str = "fp32",
-                      generator: torch.Generator | None = None, **trace_options: Any) -> TraceEstimate:
-    """tr(∂D/∂x) at noise level ``sigma [B]`` (float64), under a precision policy with fp32 fall-back.
+def _configurations(precision: str, mode: str, device_type: str, modules: list) -> list[tuple[str, bool]]:
+    """(precision, vectorize) pairs to try in order, skipping those that failed before for ``modules``."""
+    precisions = [precision, "fp32"] if precision != "fp32" else ["fp32"]
+    if precision != "fp32" and fell_back(modules, ("half", precision, device_type)):
+        precisions = ["fp32"]
+    tried = []
+    for p in precisions:
+        vectorized = [True, False] if not fell_back(modules, ("loop", p, mode, device_type)) else [False]
+        tried += [(p, v) for v in vectorized]
+    return tried
 
-    A half-precision JVP can fail through some layers (bf16 autocast + group_norm on CPU raises a dtype
-    mismatch). The first failure for a network is reported once and that network runs in fp32 from then
-    on; the retry reuses the same probes.
+
+def trace_of_denoiser(denoiser: Denoiser, x: Tensor, sigma: Tensor, *, precision: str = "fp32",
+                      mode: str = "reverse", generator: torch.Generator | None = None,
+                      **trace_options: Any) -> TraceEstimate:
+    """tr(∂D/∂x) at noise level ``sigma [B]`` (float64), under a precision policy with fall-backs.
+
+    Some networks refuse what the fast path asks of them: a half-precision JVP can fail (bf16 autocast
+    + group_norm on CPU), and diffusers' GroupNorm rejects vmapped (batched) tangents. The engine then
+    retries with products one at a time, then in fp32 (with a warning), remembers per network what
+    worked, and reuses the same probes for every attempt.
     """
     device_type = x.device.type
     modules = denoiser.modules()
-    if precision != "fp32" and precision_fell_back(modules, precision, device_type):
-        precision = "fp32"
-    check = output_checker(x, allow_dtype_change=precision != "fp32")
     generator_state = generator.get_state() if generator is not None else None
+    first_error: RuntimeError | None = None
+    for attempt_precision, vectorize in _configurations(precision, mode, device_type, modules):
+        check = output_checker(x, allow_dtype_change=attempt_precision != "fp32")
 
-    def denoise(z: Tensor) -> Tensor:
-        return denoiser(z, sigma)
+        def denoise(z: Tensor) -> Tensor:
+            out = denoiser(z, sigma)
+            if not isinstance(out, Tensor):  # torch.func would reject it with a less helpful message
+                check(out)
+            return out
 
-    try:
-        with network_precision(precision, device_type):
-            return jacobian_trace(denoise, x, generator=generator, output_check=check, **trace_options)
-    except RuntimeError as error:
-        if precision == "fp32":
-            raise
-        remember_precision_fallback(modules, precision, device_type, error)
-    if generator is not None:
-        generator.set_state(generator_state)
-    with network_precision("fp32", device_type):
-        return jacobian_trace(denoise, x, generator=generator, output_check=output_checker(x, allow_dtype_change=False),
-                              **trace_options)
+        if generator is not None:
+            generator.set_state(generator_state)
+        try:
+            with network_precision(attempt_precision, device_type):
+                estimate = jacobian_trace(denoise, x, mode=mode, generator=generator, output_check=check,
+                                          vectorize=vectorize, **trace_options)
+        except RuntimeError as error:
+            first_error = first_error or error
+            if vectorize:
+                remember_fallback(modules, ("loop", attempt_precision, mode, device_type))
+            continue
+        if attempt_precision != precision and first_error is not None:  # a half attempt failed just now
+            warn_precision_fallback(precision, device_type, first_error)
+            remember_fallback(modules, ("half", precision, device_type))
+        return estimate
+    assert first_error is not None
+    if mode == "forward":
+        raise RuntimeError(f"forward-mode JVPs fail through this network ({str(first_error).splitlines()[0][:200]}); "
+                           f"pass mode='reverse', which works through stock diffusers UNets.") from first_error
+    raise first_error
 
 
 def flipd_estimate(
@@ -104,8 +124,8 @@ def flipd_estimate(
     den, sigma_b = prepare_denoiser_call(denoiser, x, sigma, n_probes=n_probes, probe=probe, mode=mode,
                                          precision=precision, chunk_size=chunk_size, generator=generator)
     with estimator_context(den.modules(), eval_mode=eval_mode), torch.no_grad():
-        est = trace_of_denoiser(den, x, sigma_b, precision=precision, generator=generator, n_probes=n_probes,
-                                probe=probe, chunk_size=chunk_size, mode=mode, exact_max_dim=exact_max_dim)
+        est = trace_of_denoiser(den, x, sigma_b, precision=precision, mode=mode, generator=generator,
+                                n_probes=n_probes, probe=probe, chunk_size=chunk_size, exact_max_dim=exact_max_dim)
         acc = est.trace.dtype
         residual = (est.output.to(acc) - x.to(acc)).flatten(1).pow(2).sum(1)
         lid = flipd_from_denoiser_terms(est.trace, residual, sigma_b)
