@@ -8,6 +8,7 @@ drawn from (estimators take explicit ``torch.Generator``\\ s).
 from __future__ import annotations
 
 import contextlib
+import random
 import warnings
 import weakref
 from typing import Iterator
@@ -16,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["PRECISIONS", "estimator_context", "network_precision", "fell_back", "remember_fallback",
+__all__ = ["PRECISIONS", "estimator_context", "preserve_global_rng", "network_precision", "fell_back", "remember_fallback",
            "warn_precision_fallback"]
 
 #: Precision policies for the network during estimation; accumulation is always fp32 (or fp64).
@@ -28,18 +29,39 @@ _FALLBACKS: "weakref.WeakKeyDictionary[nn.Module, set[tuple[str, ...]]]" = weakr
 
 
 @contextlib.contextmanager
-def estimator_context(modules: list[nn.Module], *, eval_mode: bool = True) -> Iterator[None]:
+def preserve_global_rng() -> Iterator[None]:
+    """Restores the global RNGs (torch CPU and CUDA, NumPy, Python's ``random``) on exit.
+
+    For code that must call user code which may draw from them, e.g. a dataset's ``__getitem__`` with
+    random augmentations while the monitor gathers its probe points: training must not see the draw.
+    """
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
+    with torch.random.fork_rng(devices=cuda):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
+@contextlib.contextmanager
+def estimator_context(modules: list[nn.Module], *, eval_mode: bool = True, preserve_rng: bool = True) -> Iterator[None]:
     """Runs estimators in eval mode with the MATH attention kernel, then restores everything.
 
     Eval mode makes estimates deterministic (dropout off, BatchNorm on running statistics) and is
     required by ``vmap``, which refuses randomness such as dropout. The MATH SDPA kernel is the only one
     with forward-mode AD and double backward. On exit each submodule's own ``training`` flag is restored
     (not a blanket ``.train()``, which would overwrite submodules the user froze in eval mode), as is the
-    grad-enabled flag.
+    grad-enabled flag. The global RNGs are restored too: a plain callable may hide a network in train mode
+    whose dropout draws from them, and training must not see those draws.
 
     Args:
         modules: the networks the estimator evaluates.
         eval_mode: put them in eval mode for the duration (default True).
+        preserve_rng: restore the global RNGs on exit (default True; the training-loss penalty opts out).
     """
     saved_modes = [(m, m.training) for root in modules for m in root.modules()]
     grad_enabled = torch.is_grad_enabled()
@@ -47,7 +69,7 @@ def estimator_context(modules: list[nn.Module], *, eval_mode: bool = True) -> It
         if eval_mode:
             for root in modules:
                 root.eval()
-        with sdpa_kernel(SDPBackend.MATH):
+        with sdpa_kernel(SDPBackend.MATH), (preserve_global_rng() if preserve_rng else contextlib.nullcontext()):
             yield
     finally:
         for module, training in saved_modes:

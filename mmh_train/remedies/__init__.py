@@ -1,0 +1,10 @@
+"""Remedies for memorization: duplicate groups and weights (DD-Mem), the LID penalty (OD-Mem)."""
+
+from .duplicate_groups import DuplicateGroups, downweight, duplicate_weights, find_duplicate_groups, weighted_loss
+from .penalty import REDUCTIONS, lid_penalty
+from .weighted_sampler import DistributedWeightedSampler
+
+__all__ = [
+    "REDUCTIONS", "DistributedWeightedSampler", "DuplicateGroups", "downweight", "duplicate_weights",
+    "find_duplicate_groups", "lid_penalty", "weighted_loss",
+]

@@ -185,3 +185,12 @@ def test_knee_index_on_a_hand_made_curve():
     assert knee_index(sigmas, values).item() == 3
     convex = torch.tensor([[5.0], [1.0], [0.4], [0.2], [0.1], [0.05], [0.0]])
     assert knee_index(sigmas, convex, shape="convex").item() == 1
+
+
+def test_a_plain_callable_hiding_dropout_in_train_mode_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 16), nn.Dropout(0.3), nn.Linear(16, 5)).train()
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(1))
+    state = torch.get_rng_state()
+    flipd(lambda z, s: net(z), x, 0.1, n_probes=2, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(torch.get_rng_state(), state) and net.training

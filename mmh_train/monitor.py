@@ -1,0 +1,314 @@
+"""The framework-free memorization monitor: LID_θ of fixed probe points, tracked while a model trains.
+
+The monitor holds a probe set of training points and one of held-out points, chosen once by dataset
+index with its own seeded generator. At its cadence it measures LID_θ (FLIPD by default) on them, keeps
+a dense per-sample history (probe × check), compares the latest values with each training probe's
+reference LID*, and labels OD/DD memorization. Lightning callbacks and plain-loop hooks are thin
+adapters over it.
+
+A check changes nothing in training: estimators restore modes, grad and autocast; probe noise comes from
+generators seeded by (seed, check, batch), never from the global RNG; dataset items are read with the
+global RNGs preserved.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from ._checks import check_positive_int
+from .distributed import DistributedOps, default_ops
+from .lid.flipd import flipd
+from .lid.normal_bundle import normal_bundle_lid
+from .memorization import MemorizationLabels, classify_memorization, collapse_score
+from .parameterizations import as_denoiser
+from .probes import InputFn, choose_probe_indices, dataset_size, gather_points, interleave
+from .reference_choice import ReferenceLID
+
+__all__ = ["MemorizationMonitor", "CheckResult", "ESTIMATORS"]
+
+Estimator = Callable[..., Tensor]
+#: Named estimators; any callable ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]`` works too.
+ESTIMATORS: dict[str, Estimator] = {"flipd": flipd, "normal_bundle": normal_bundle_lid}
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What one check measured, at the monitor's primary σ.
+
+    Attributes:
+        step, epoch: when the check ran.
+        train_index: ``[P]`` dataset indices of the training probes; ``heldout_index``: ``[Q]``.
+        lid_train: ``[P]`` latest LID_θ of each training probe (NaN if never measured yet).
+        lid_heldout: ``[Q]`` latest LID_θ of each held-out probe.
+        labels: OD/DD labels of the training probes, or ``None`` without a reference.
+        collapse: ``[P]`` drop of each probe's LID from its own early checks (NaN until enough checks).
+        n_measured: probes measured in this check (fewer than P + Q under a budget).
+        seconds: wall time of the check.
+        metrics: the scalars the callbacks log (keys without the ``mmh/`` prefix).
+    """
+
+    step: int
+    epoch: int
+    train_index: Tensor
+    lid_train: Tensor
+    heldout_index: Tensor
+    lid_heldout: Tensor
+    labels: MemorizationLabels | None
+    collapse: Tensor
+    n_measured: int
+    seconds: float
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def _probe_seed(*parts: int) -> int:
+    """A seed fixed by (seed, check, batch, σ index): the same on every rank and after a resume."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part)) % (2**61 - 1)
+    return value
+
+
+def _nanmean(x: Tensor) -> float:
+    return float(x.nanmean()) if bool(torch.isfinite(x).any()) else math.nan
+
+
+def _latest(history: Tensor) -> Tensor:
+    """The last non-NaN value along the first axis of ``[C, N]`` (NaN where there is none)."""
+    measured = ~torch.isnan(history)
+    last = torch.where(measured, torch.arange(history.shape[0])[:, None], -1).max(0).values
+    out = torch.full(history.shape[1:], math.nan, dtype=history.dtype)
+    has = last >= 0
+    out[has] = history[last[has], torch.nonzero(has).flatten()]
+    return out
+
+
+class MemorizationMonitor:
+    """Measures LID_θ on fixed train/held-out probe sets during training and labels memorization.
+
+    Args:
+        train_data: the training set: a tensor ``[N, ...]`` or a map-style dataset (see ``input_fn``).
+        heldout_data: held-out points from the same distribution, or ``None``.
+        n_train_probes, n_heldout_probes: probe set sizes; ``None`` takes up to 128 training and 64
+            held-out points (all of them in smaller sets). A number larger than the set is an error.
+        sigma: one noise level or several; the first is primary (labels, metrics).
+        every_n_steps, every_n_epochs: cadence (``maybe_check``); default every epoch.
+        estimator: ``"flipd"`` (default), ``"normal_bundle"`` or a callable
+            ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]``.
+        estimator_options: keyword arguments for the estimator (e.g. ``n_probes=1, precision="bf16"``).
+        max_probes_per_check: budget in probe points; probes are measured in rotation when over it.
+        max_seconds_per_check: budget in seconds, converted to points with the speed of earlier checks.
+        reference: LID* per training probe: ``"data"`` (model-free ``reference_lid`` over the training set,
+            computed once), a tensor ``[N]`` of known LID per dataset index, ``"heldout"`` (the model's own
+            LID on each probe's nearest held-out probes), or ``None`` (no labels; collapse only).
+        reference_options: for ``"data"``: ``method``, ``k``, ``duplicate_radius``; for ``"heldout"``: ``k``.
+        label_options: ``od_margin``, ``relative``, ``dd_threshold`` of ``classify_memorization``.
+        early_checks: checks averaged into each probe's own baseline for the collapse signal.
+        batch_size: probes per estimator call.
+        seed: seeds the probe choice and the estimator's noise.
+        input_fn: maps a dataset item to its input tensor (default: the item, its first element, or a
+            known dict key such as ``"x"``/``"pixel_values"``).
+        distributed: collectives; default ``torch.distributed`` when initialized, else one process.
+    """
+
+    def __init__(self, train_data: Tensor | Sequence[Any], heldout_data: Tensor | Sequence[Any] | None = None, *,
+                 n_train_probes: int | None = None, n_heldout_probes: int | None = None,
+                 sigma: float | Sequence[float] = 0.17, every_n_steps: int | None = None,
+                 every_n_epochs: int | None = None, estimator: str | Estimator = "flipd",
+                 estimator_options: dict[str, Any] | None = None, max_probes_per_check: int | None = None,
+                 max_seconds_per_check: float | None = None, reference: str | Tensor | None = "data",
+                 reference_options: dict[str, Any] | None = None, label_options: dict[str, Any] | None = None,
+                 early_checks: int = 2, batch_size: int = 128, seed: int = 0, input_fn: InputFn | None = None,
+                 distributed: DistributedOps | None = None) -> None:
+        n_train = dataset_size(train_data)
+        n_held = dataset_size(heldout_data) if heldout_data is not None else 0
+        sigmas = [float(s) for s in (sigma if isinstance(sigma, (list, tuple)) else [sigma])]
+        if not sigmas or any(not (math.isfinite(s) and s > 0) for s in sigmas):
+            raise ValueError(f"sigma must be one or more finite noise levels > 0; got {sigma!r}.")
+        for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs),
+                            ("n_train_probes", n_train_probes), ("n_heldout_probes", n_heldout_probes),
+                            ("max_probes_per_check", max_probes_per_check)):
+            check_positive_int(value, name, allow_none=True)
+        check_positive_int(batch_size, "batch_size")
+        check_positive_int(early_checks, "early_checks")
+        if max_seconds_per_check is not None and not (max_seconds_per_check > 0 and math.isfinite(max_seconds_per_check)):
+            raise ValueError(f"max_seconds_per_check must be a finite number of seconds > 0; got {max_seconds_per_check!r}.")
+        if isinstance(estimator, str) and estimator not in ESTIMATORS:
+            raise ValueError(f"estimator={estimator!r} is not known; choose one of {sorted(ESTIMATORS)} or pass a callable.")
+        if not isinstance(estimator, str) and not callable(estimator):
+            raise TypeError(f"estimator must be a name or a callable; got {type(estimator).__name__}.")
+        if reference == "heldout" and heldout_data is None:
+            raise ValueError("reference='heldout' needs heldout_data; pass held-out points or use reference='data'.")
+        self.reference = ReferenceLID(reference, reference_options or {})
+        generator = torch.Generator().manual_seed(seed)
+        self.train_index = choose_probe_indices(n_train, n_train_probes or min(n_train, 128), generator,
+                                                name="n_train_probes")
+        self.heldout_index = (choose_probe_indices(n_held, n_heldout_probes or min(n_held, 64), generator,
+                                                   name="n_heldout_probes")
+                              if heldout_data is not None else torch.zeros(0, dtype=torch.long))
+        self.train_data, self.heldout_data, self.input_fn = train_data, heldout_data, input_fn
+        self.sigmas, self.seed, self.batch_size, self.early_checks = sigmas, seed, batch_size, early_checks
+        self.every_n_steps = every_n_steps
+        self.every_n_epochs = every_n_epochs if (every_n_epochs or every_n_steps) else 1
+        self.estimator = ESTIMATORS[estimator] if isinstance(estimator, str) else estimator
+        self.estimator_options = dict(estimator_options or {})
+        self.max_probes_per_check, self.max_seconds_per_check = max_probes_per_check, max_seconds_per_check
+        self.label_options = dict(label_options or {})
+        self.distributed = distributed
+        self.order = interleave(len(self.train_index), len(self.heldout_index))
+        # State saved by state_dict: the per-sample history and where the rotation stands.
+        self.history: list[Tensor] = []  # one [S, P + Q] row per check, NaN where not measured
+        self.steps: list[int] = []
+        self.epochs: list[int] = []
+        self.pointer = 0
+        self.seconds_per_point: float | None = None
+        self._points: Tensor | None = None
+
+    # ------------------------------------------------------------------ cadence
+    def should_check(self, step: int, *, epoch: int | None = None, epoch_end: bool = False) -> bool:
+        """Whether the cadence asks for a check at this step (or at the end of this epoch)."""
+        if epoch_end:
+            return self.every_n_epochs is not None and epoch is not None and (epoch + 1) % self.every_n_epochs == 0
+        return self.every_n_steps is not None and step > 0 and step % self.every_n_steps == 0
+
+    def maybe_check(self, denoiser: Any, step: int, *, epoch: int | None = None,
+                    epoch_end: bool = False) -> CheckResult | None:
+        """Runs :meth:`check` when :meth:`should_check` says so; every rank must call it at the same steps."""
+        if not self.should_check(step, epoch=epoch, epoch_end=epoch_end) or step in self.steps:
+            return None
+        return self.check(denoiser, step, epoch=epoch)
+
+    # ------------------------------------------------------------------ measuring
+    @property
+    def n_probes(self) -> int:
+        return len(self.train_index) + len(self.heldout_index)
+
+    def points(self) -> Tensor:
+        """Every probe's input, ``[P + Q, ...]`` on the CPU (train probes first), gathered once."""
+        if self._points is None:
+            parts = [gather_points(self.train_data, self.train_index, self.input_fn)]
+            if self.heldout_data is not None and len(self.heldout_index):
+                parts.append(gather_points(self.heldout_data, self.heldout_index, self.input_fn))
+            self._points = torch.cat(parts)
+        return self._points
+
+    def _budget(self) -> int:
+        budget = min(self.n_probes, self.max_probes_per_check or self.n_probes)
+        if self.max_seconds_per_check is not None:
+            if self.seconds_per_point is None:  # first check: calibrate on one batch per rank
+                return min(budget, self.batch_size * self._ops().world_size)
+            budget = min(budget, max(1, int(self.max_seconds_per_check / self.seconds_per_point)))
+        return budget
+
+    def _ops(self) -> DistributedOps:
+        return self.distributed or default_ops()
+
+    def _measure(self, denoiser: Any, positions: Tensor, device: torch.device, check_index: int) -> tuple[Tensor, float]:
+        """LID at ``positions`` for every σ: ``[S, P + Q]`` (NaN elsewhere), identical on every rank."""
+        ops = self._ops()
+        values = torch.zeros(len(self.sigmas), self.n_probes, dtype=torch.float64)
+        counted = torch.zeros(self.n_probes, dtype=torch.float64)
+        start, mine = time.perf_counter(), 0
+        for b, batch in enumerate(positions.split(self.batch_size)):
+            if b % ops.world_size != ops.rank:  # whole batches per rank: probes do not depend on the rank count
+                continue
+            x = self.points()[batch].to(device)
+            for s, sigma in enumerate(self.sigmas):
+                generator = torch.Generator(device=device).manual_seed(_probe_seed(self.seed, check_index, b, s))
+                lid = self.estimator(denoiser, x, sigma, generator=generator, **self.estimator_options)
+                values[s, batch] = lid.detach().to("cpu", torch.float64)
+            counted[batch] = 1.0
+            mine += len(batch)
+        elapsed = time.perf_counter() - start
+        values, counted = ops.all_reduce_sum(values), ops.all_reduce_sum(counted)
+        mean_seconds = float(ops.all_reduce_sum(torch.tensor([elapsed], dtype=torch.float64))) / ops.world_size
+        values[:, counted == 0] = math.nan
+        per_rank_points = max(1.0, len(positions) / ops.world_size)
+        return values, mean_seconds / per_rank_points
+
+    def check(self, denoiser: Any, step: int, *, epoch: int | None = None) -> CheckResult:
+        """Measures the next probes in rotation, records them, and returns the labels and metrics."""
+        start = time.perf_counter()
+        den = as_denoiser(denoiser)
+        params = [p for m in den.modules() for p in m.parameters()]
+        device = params[0].device if params else torch.device("cpu")
+        count = self._budget()
+        positions = self.order[(self.pointer + torch.arange(count)) % self.n_probes]
+        values, seconds_per_point = self._measure(den, positions, device, len(self.history))
+        self.pointer = (self.pointer + count) % self.n_probes
+        self.seconds_per_point = seconds_per_point
+        self.history.append(values.float())
+        self.steps.append(int(step))
+        self.epochs.append(int(epoch) if epoch is not None else -1)
+        return self.result(n_measured=count, seconds=time.perf_counter() - start)
+
+    # ------------------------------------------------------------------ reading the history
+    def history_tensor(self) -> Tensor:
+        """``[C, S, P + Q]`` LID per check, σ and probe (train probes first); NaN where not measured."""
+        if not self.history:
+            return torch.zeros(0, len(self.sigmas), self.n_probes)
+        return torch.stack(self.history)
+
+    def reference_lid(self) -> Tensor | None:
+        """``[P]`` LID* of the training probes (computed once, then cached), or ``None``."""
+        return self.reference.for_probes(self)
+
+    def result(self, *, n_measured: int = 0, seconds: float = 0.0) -> CheckResult:
+        """Labels and metrics from the history as it stands (primary σ)."""
+        if not self.history:
+            raise RuntimeError("the monitor has not checked yet; call check() or maybe_check() first.")
+        P = len(self.train_index)
+        primary = self.history_tensor()[:, 0, :]
+        latest = _latest(primary)
+        lid_train, lid_heldout = latest[:P], latest[P:]
+        reference = self.reference.for_probes(self, latest=latest)
+        labels = classify_memorization(lid_train, reference, **self.label_options) if reference is not None else None
+        collapse = collapse_score(primary[:, :P], early_checks=self.early_checks)
+        metrics = {
+            "lid_train": _nanmean(lid_train),
+            "lid_heldout": _nanmean(lid_heldout),
+            "lid_gap": _nanmean(lid_heldout) - _nanmean(lid_train),
+            "collapse": _nanmean(collapse),
+        }
+        if labels is not None:
+            metrics["od_fraction"] = labels.fraction("od")
+            metrics["dd_fraction"] = labels.fraction("dd")
+        return CheckResult(step=self.steps[-1], epoch=self.epochs[-1], train_index=self.train_index,
+                           lid_train=lid_train, heldout_index=self.heldout_index, lid_heldout=lid_heldout,
+                           labels=labels, collapse=collapse, n_measured=n_measured, seconds=seconds, metrics=metrics)
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: probe indices (for verification), history, rotation, cached LID*."""
+        return {
+            "version": 1,
+            "train_index": self.train_index.clone(),
+            "heldout_index": self.heldout_index.clone(),
+            "sigmas": list(self.sigmas),
+            "seed": self.seed,
+            "history": self.history_tensor().clone(),
+            "steps": list(self.steps),
+            "epochs": list(self.epochs),
+            "pointer": self.pointer,
+            "seconds_per_point": self.seconds_per_point,
+            "reference": self.reference.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`; refuses a state made with other probes, σ or seed."""
+        if state.get("version") != 1:
+            raise ValueError(f"unknown monitor state version {state.get('version')!r}.")
+        same = (torch.equal(state["train_index"], self.train_index) and torch.equal(state["heldout_index"], self.heldout_index)
+                and list(state["sigmas"]) == self.sigmas and state["seed"] == self.seed)
+        if not same:
+            raise ValueError("this monitor state was saved with other probe sets, sigma or seed; construct the "
+                             "monitor with the same data, n_*_probes, sigma and seed as the run that saved it.")
+        self.history = list(state["history"].unbind(0))
+        self.steps, self.epochs = list(state["steps"]), list(state["epochs"])
+        self.pointer, self.seconds_per_point = int(state["pointer"]), state["seconds_per_point"]
+        self.reference.load_state_dict(state["reference"])

@@ -1,0 +1,80 @@
+"""Smoke test of benchmarks/estimators.py: the quick run writes every row, ratio and key, with finite times.
+
+No timing goal is asserted here: timings on shared CPUs are noise, and they never belong in tests.
+"""
+
+import importlib.util
+import json
+import math
+import sys
+from pathlib import Path
+
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def load_script(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling _timing.py
+    spec = importlib.util.spec_from_file_location("benchmarks_estimators", BENCHMARKS / "estimators.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def finite_positive(value):
+    return isinstance(value, float) and math.isfinite(value) and value > 0
+
+
+def test_quick_run_writes_every_row_and_ratio(tmp_path, monkeypatch, capsys):
+    script = load_script(monkeypatch)
+    out = tmp_path / "estimators.json"
+    rng_before = torch.get_rng_state()
+    script.main(["--quick", "--device", "cpu", "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert torch.equal(torch.get_rng_state(), rng_before), "the benchmark must not draw from the global RNG"
+
+    result = json.loads(out.read_text())
+    for key in ("command", "seed", "machine", "config", "goals", "models", "rows", "ratios", "diagnostics",
+                "notes", "gpu", "elapsed_s"):
+        assert key in result, key
+    assert result["quick"] is True and result["seed"] == 0
+    assert "--quick" in result["command"]
+    for key in ("date", "platform", "cpu_model", "torch", "torch_threads"):
+        assert key in result["machine"], key
+    assert result["machine"]["torch_threads"] == 1
+    assert result["gpu"]["ran"] is False and result["gpu"]["reason"]
+
+    models = {m["name"]: m for m in result["models"]}
+    assert set(models) == {"mlp-d8", "unet-8x8"}
+    assert models["mlp-d8"]["dim"] == 8 and models["unet-8x8"]["dim"] == 64
+
+    rows = {(r["model"], r["estimator"]): r for r in result["rows"]}
+    common = {"forward", "vjp_by_hand", "flipd_1probe_reverse", "hutchinson_8", "flipd_exact", "normal_bundle"}
+    assert {e for m, e in rows if m == "mlp-d8"} == common | {"flipd_1probe_forward"}
+    assert {e for m, e in rows if m == "unet-8x8"} == common
+    for row in rows.values():
+        assert row["device"] == "cpu"
+        assert row["batch"] >= 1 and row["repeats"] >= 1 and len(row["times_s"]) == row["repeats"]
+        for key in ("median_s_per_point", "min_s_per_point", "median_s_per_call", "min_s_per_call"):
+            assert finite_positive(row[key]), (row["model"], row["estimator"], key, row[key])
+        assert row["min_s_per_point"] <= row["median_s_per_point"]
+
+    ratios = {(q["model"], q["ratio"]): q for q in result["ratios"]}
+    for model in models:
+        for name in ("flipd1_over_forward", "flipd1_over_vjp_by_hand", "exact_over_hutchinson1",
+                     "normal_bundle_over_flipd1"):
+            assert (model, name) in ratios, (model, name)
+    assert ("mlp-d8", "forward_mode_over_reverse_mode") in ratios
+    for q in ratios.values():
+        assert finite_positive(q["median"]) and finite_positive(q["min"]), q
+    for name in ("flipd1_over_forward", "normal_bundle_over_flipd1"):  # goals are reported, not asserted
+        assert isinstance(ratios[("mlp-d8", name)]["meets_goal_median"], bool)
+
+    (diag,) = result["diagnostics"]
+    assert diag["model"] == "mlp-d8" and finite_positive(diag["flipd1_over_forward_median"])
+
+    for text in ("command:", "seed", "median ms/pt", "FLIPD(1) / forward", "normal bundle / FLIPD(1)",
+                 "GPU part skipped"):
+        assert text in printed, text
