@@ -57,7 +57,7 @@ class Config:
     """Sizes of one run; ``--quick`` swaps in :meth:`quick`."""
 
     batch: int = 64
-    repeats: int = 5
+    repeats: int = 15  # light rows; cheap, and the shared cores are noisy
     slow_repeats: int = 3  # the UNet's exact trace and every normal-bundle row
     sigma: float = 0.17  # VE σ, the usual fixed choice for unit-variance data (science.md §3)
     seed: int = 0
@@ -95,6 +95,17 @@ class EpsMLP(nn.Module):
         freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=y.device, dtype=y.dtype) / half)
         angles = 1000.0 * t.to(y.dtype)[:, None] * freqs[None]
         return self.net(torch.cat([y, angles.sin(), angles.cos()], dim=1))
+
+
+class ScaleNet(nn.Module):
+    """ε̂(y, t) = w·y: a one-parameter network, so that FLIPD's time is the library's fixed cost per call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = nn.Parameter(torch.tensor(0.5))
+
+    def forward(self, y: Tensor, t: Tensor) -> Tensor:
+        return self.w * y
 
 
 @dataclass
@@ -286,6 +297,21 @@ def batch_diagnostics(models: list[Model], cfg: Config, device: torch.device) ->
     return out
 
 
+def fixed_cost(cfg: Config, device: torch.device) -> dict:
+    """Per-call times with a one-parameter network: what FLIPD costs beyond the network's own passes."""
+    dim = cfg.mlp_dims[0]
+    net = ScaleNet().to(device)
+    model = Model(f"scale-d{dim}", "mlp", (dim,), mmh_train.vp_denoiser(net), "w*y + vp_denoiser", 1)
+    x = points(model, cfg.batch, cfg.seed, device)
+    keys = ("forward", "vjp_by_hand", "flipd_1probe_reverse", "flipd_1probe_forward")
+    cases = {c.key: c for c in cases_for(model, x, cfg) if c.key in keys}
+    t = time_round_robin({k: c.call for k, c in cases.items()}, {k: cfg.repeats for k in cases},
+                         sync=cuda_sync(device))
+    return {"device": device.type, "model": model.name, "batch": len(x),
+            **{f"{k}_median_s_per_call": t[k].median for k in keys},
+            **{f"{k}_min_s_per_call": t[k].min for k in keys}}
+
+
 def precision_comparison(models: list[Model], cfg: Config, device: torch.device) -> list[dict]:
     """FLIPD(1 probe) under bf16 autocast against fp32 on ``device``: throughput and mean |ΔLID|."""
     out = []
@@ -318,7 +344,7 @@ def precision_comparison(models: list[Model], cfg: Config, device: torch.device)
 # ---------------------------------------------------------------- report
 
 
-def format_table(rows: list[dict], ratios: list[dict], diagnostics: list[dict]) -> str:
+def format_table(rows: list[dict], ratios: list[dict], diagnostics: list[dict], fixed: dict) -> str:
     lines = []
     head = (f"{'model':<11}{'estimator':<27}{'B':>4}{'products/pt':>13}{'R':>3}"
             f"{'median ms/pt':>14}{'min ms/pt':>12}  products")
@@ -344,6 +370,12 @@ def format_table(rows: list[dict], ratios: list[dict], diagnostics: list[dict]) 
             lines.append(f"{d['model']:<11}{d['batch']:>9}{1e3 * d['forward_median_s_per_point']:>15.4g}"
                          f"{1e3 * d['flipd1_median_s_per_point']:>16.4g}{d['flipd1_over_forward_median']:>13.3g}x"
                          f"{d['flipd1_over_forward_min']:>10.3g}x")
+    labels = {"forward": "forward", "vjp_by_hand": "fwd + hand VJP", "flipd_1probe_reverse": "FLIPD(1) reverse",
+              "flipd_1probe_forward": "FLIPD(1) forward"}
+    lines += ["", f"Diagnostic: fixed cost per call with a one-parameter network (eps = w*y), B = {fixed['batch']}, "
+                  f"D = {fixed['model'].split('-d')[-1]}, median (min) ms per call:",
+              "  " + ", ".join(f"{label} {1e3 * fixed[f'{k}_median_s_per_call']:.3g} "
+                               f"({1e3 * fixed[f'{k}_min_s_per_call']:.3g})" for k, label in labels.items())]
     return "\n".join(lines)
 
 
@@ -366,7 +398,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="auto: CPU, plus CUDA (with bf16 vs fp32) when available; cpu or cuda: that device only")
     p.add_argument("--seed", type=int, default=None, help="points, weights and probes (default 0)")
     p.add_argument("--batch", type=int, default=None, help="points per call (default 64; 4 with --quick)")
-    p.add_argument("--repeats", type=int, default=None, help="timed repeats R per call (default 5; 1 with --quick)")
+    p.add_argument("--repeats", type=int, default=None, help="timed repeats R of the light calls (default 15; 1 with --quick)")
     p.add_argument("--slow-repeats", type=int, default=None,
                    help="repeats of the slow rows: UNet exact trace, normal bundle (default 3; 1 with --quick)")
     return p.parse_args(argv)
@@ -404,7 +436,7 @@ def main(argv: list[str] | None = None) -> dict:
         "config": asdict(cfg), "machine": machine,
         "goals": {"flipd1_over_forward_max": GOAL_FLIPD1_OVER_FORWARD_MAX,
                   "normal_bundle_over_flipd1_min": GOAL_NORMAL_BUNDLE_OVER_FLIPD1_MIN},
-        "models": [], "rows": [], "ratios": [], "diagnostics": [], "notes": [],
+        "models": [], "rows": [], "ratios": [], "diagnostics": [], "fixed_cost": [], "notes": [],
     }
     for device in devices:
         models = build_models(cfg, device)
@@ -415,12 +447,14 @@ def main(argv: list[str] | None = None) -> dict:
                 print(f"  {m.name}: {m.description} ({m.parameters:,} parameters)")
         rows, ratios, notes = run_device(models, cfg, device)
         diagnostics = batch_diagnostics(models, cfg, device)
+        fixed = fixed_cost(cfg, device)
+        result["fixed_cost"].append(fixed)
         result["rows"] += rows
         result["ratios"] += ratios
         result["diagnostics"] += diagnostics
         result["notes"] += notes
         print(f"\n== {device.type} ==")
-        print(format_table(rows, ratios, diagnostics))
+        print(format_table(rows, ratios, diagnostics, fixed))
         for note in notes:
             print(f"note: {note}")
         if device.type == "cuda":

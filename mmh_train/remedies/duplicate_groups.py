@@ -223,7 +223,8 @@ def duplicate_weights(groups: DuplicateGroups, *, group_weight: float = 1.0, cap
         raise TypeError(f"groups must be a DuplicateGroups from find_duplicate_groups; got {type(groups).__name__}.")
     if isinstance(group_weight, bool) or not isinstance(group_weight, (int, float)) or \
             not math.isfinite(group_weight) or group_weight <= 0:
-        raise ValueError(f"group_weight must be a finite float > 0 (1 = a group weighs one sample); got {group_weight!r}.")
+        raise ValueError(f"group_weight must be a finite float > 0 (1 = a group weighs one sample); "
+                         f"got {group_weight!r}.")
     size = groups.size.to(torch.float32)
     if cap is not None:
         if isinstance(cap, bool) or not isinstance(cap, (int, float)) or not math.isfinite(cap) or cap < 1:

@@ -3,7 +3,8 @@
 Overfitting-driven memorization (OD-Mem, science.md §1) is LID_θ(x) < LID*(x): the model's manifold
 collapses around a training point. The remedy adds to the training loss
 
-    penalty(x) = relu(target − FLIPD(x; σ)),    FLIPD(x; σ) = tr(∂D/∂x) + ‖D(x; σ) − x‖² / σ²    (science.md §3)
+    penalty(x) = relu(target − FLIPD(x; σ)),
+    FLIPD(x; σ) = tr(∂D/∂x) + ‖D(x; σ) − x‖² / σ²                      (science.md §3)
 
 with the trace estimated by Hutchinson (vᵀ J v with Rademacher probes v). The value is differentiable
 with respect to the network's parameters: one forward pass, then the VJPs of the probes with their

@@ -74,6 +74,13 @@ class DistributedWeightedSampler(Sampler[int]):
             so that every rank yields the same number of indices (DDP needs equal step counts).
 
     .. note::
+        Shard only once. In a plain DDP loop (``torchrun``) the defaults shard. ``accelerator.prepare``
+        shards the batches of a prepared DataLoader itself: there pass ``num_replicas=1, rank=0`` so every
+        rank yields the identical stream for accelerate to split. In Lightning pass
+        ``Trainer(use_distributed_sampler=False)`` so it does not wrap this sampler in its own
+        ``DistributedSamplerWrapper``.
+
+    .. note::
         The global RNG is never used. Resample the weights only through :meth:`set_weights`, called
         with the same weights on every rank; :meth:`state_dict` carries epoch, seed and weights.
     """

@@ -37,7 +37,7 @@ def test_quick_run_writes_every_row_and_ratio(tmp_path, monkeypatch, capsys):
 
     result = json.loads(out.read_text())
     for key in ("command", "seed", "machine", "config", "goals", "models", "rows", "ratios", "diagnostics",
-                "notes", "gpu", "elapsed_s"):
+                "fixed_cost", "notes", "gpu", "elapsed_s"):
         assert key in result, key
     assert result["quick"] is True and result["seed"] == 0
     assert "--quick" in result["command"]
@@ -74,6 +74,9 @@ def test_quick_run_writes_every_row_and_ratio(tmp_path, monkeypatch, capsys):
 
     (diag,) = result["diagnostics"]
     assert diag["model"] == "mlp-d8" and finite_positive(diag["flipd1_over_forward_median"])
+    (fixed,) = result["fixed_cost"]
+    for key in ("forward", "vjp_by_hand", "flipd_1probe_reverse", "flipd_1probe_forward"):
+        assert finite_positive(fixed[f"{key}_median_s_per_call"]) and finite_positive(fixed[f"{key}_min_s_per_call"])
 
     for text in ("command:", "seed", "median ms/pt", "FLIPD(1) / forward", "normal bundle / FLIPD(1)",
                  "GPU part skipped"):

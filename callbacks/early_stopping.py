@@ -1,0 +1,142 @@
+"""MemorizationEarlyStopping: Lightning's EarlyStopping, acting on the monitor's ``mmh/`` metrics."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+from torch import Tensor
+from typing_extensions import override
+
+from .lid_monitor import LIDMonitor
+
+__all__ = ["MemorizationEarlyStopping", "MONITORABLE"]
+
+#: Metrics the monitor produces, with the direction in which memorization grows.
+MONITORABLE = {"mmh/od_fraction": "min", "mmh/lid_gap": "min", "mmh/collapse": "min", "mmh/dd_fraction": "min",
+               "mmh/lid_train": "max"}
+
+
+class MemorizationEarlyStopping(EarlyStopping):
+    """Stops training when memorization grows: the OD fraction, the train/held-out LID gap or the collapse.
+
+    Speaks EarlyStopping's vocabulary (``monitor``, ``mode``, ``patience``, ``min_delta``, ``check_finite``,
+    ``verbose``, ``stopping_threshold``, ``divergence_threshold``) and runs after every check of the
+    :class:`LIDMonitor` in the same Trainer (both step and epoch cadences), not after validation.
+
+    Args:
+        monitor: one of :data:`MONITORABLE`; default ``"mmh/od_fraction"``.
+        tolerance: values on the good side of it never count toward ``patience`` (an OD fraction that
+            stays at 0 cannot "improve", and must not stop training). Default 0.0 for fractions/gaps.
+        restore_best_weights: load the weights of the best check when training stops.
+
+    .. note::
+        The decision is reduced over ranks with ``trainer.strategy.reduce_boolean_decision``; the metrics
+        themselves are already identical on every rank, so all ranks stop on the same step.
+    """
+
+    def __init__(self, monitor: str = "mmh/od_fraction", *, mode: Optional[str] = None, patience: int = 3,
+                 min_delta: float = 0.0, tolerance: Optional[float] = 0.0, check_finite: bool = True,
+                 verbose: bool = False, stopping_threshold: Optional[float] = None,
+                 divergence_threshold: Optional[float] = None, restore_best_weights: bool = False) -> None:
+        if monitor not in MONITORABLE:
+            raise ValueError(f"monitor={monitor!r} is not a memorization metric; choose one of "
+                             f"{', '.join(sorted(MONITORABLE))}.")
+        mode = mode or MONITORABLE[monitor]
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode={mode!r} is not supported; choose 'min' or 'max'.")
+        if not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be an integer ≥ 0 (checks without improvement); got {patience!r}.")
+        super().__init__(monitor=monitor, min_delta=min_delta, patience=patience, verbose=verbose, mode=mode,
+                         strict=False, check_finite=check_finite, stopping_threshold=stopping_threshold,
+                         divergence_threshold=divergence_threshold)
+        self.tolerance = tolerance
+        self.restore_best_weights = restore_best_weights
+        self.best_weights: Optional[dict[str, Tensor]] = None
+        self._last_check_step: Optional[int] = None
+
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(monitor=self.monitor, mode=self.mode, tolerance=self.tolerance)
+
+    @staticmethod
+    def _monitor_callback(trainer: "pl.Trainer") -> LIDMonitor:
+        for callback in trainer.callbacks:
+            if isinstance(callback, LIDMonitor):
+                return callback
+        raise ValueError("MemorizationEarlyStopping acts on the checks of an LIDMonitor; add "
+                         "mmh_train.callbacks.LIDMonitor(...) to the Trainer's callbacks.")
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        super().setup(trainer, pl_module, stage)
+        self._monitor_callback(trainer)
+
+    def _within_tolerance(self, current: Tensor) -> bool:
+        if self.tolerance is None or not torch.isfinite(current):
+            return False
+        return bool(current <= self.tolerance) if self.mode == "min" else bool(current >= self.tolerance)
+
+    @override
+    def _evaluate_stopping_criteria(self, current: Tensor) -> tuple[bool, Optional[str]]:
+        if self._within_tolerance(current) and not self._hits_threshold(current):
+            if self.monitor_op(current - self.min_delta, self.best_score.to(current.device)):
+                self.best_score = current
+            self.wait_count = 0
+            return False, None
+        return super()._evaluate_stopping_criteria(current)
+
+    def _hits_threshold(self, current: Tensor) -> bool:
+        return self.stopping_threshold is not None and bool(self.monitor_op(current, self.stopping_threshold))
+
+    def _on_new_check(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        result = self._monitor_callback(trainer).last_result
+        if result is None or result.step == self._last_check_step or trainer.sanity_checking:
+            return
+        self._last_check_step = result.step
+        if self.monitor.removeprefix("mmh/") not in result.metrics:
+            raise ValueError(f"the LIDMonitor produces no {self.monitor} (it has no reference LID*); monitor "
+                             f"mmh/collapse or mmh/lid_gap instead, or give the monitor a reference.")
+        current = torch.tensor(result.metrics[self.monitor.removeprefix("mmh/")])
+        best_before = self.best_score.clone()
+        should_stop, reason = self._evaluate_stopping_criteria(current)
+        if self.restore_best_weights and not torch.equal(self.best_score, best_before):
+            self.best_weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
+        should_stop = trainer.strategy.reduce_boolean_decision(should_stop, all=False)
+        trainer.should_stop = trainer.should_stop or should_stop
+        if should_stop:
+            self.stopped_epoch = trainer.current_epoch
+            self.stopping_reason_message = reason
+            self._log_info(trainer, reason or f"{self.monitor} stopped training", self.log_rank_zero_only)
+
+    @override
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self._on_new_check(trainer, pl_module)
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self._on_new_check(trainer, pl_module)
+
+    @override
+    def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        return  # acts on monitor checks, not on validation
+
+    @override
+    def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        if self.restore_best_weights and self.best_weights is not None and self.stopping_reason_message is not None:
+            pl_module.load_state_dict(copy.deepcopy(self.best_weights))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "last_check_step": self._last_check_step, "best_weights": self.best_weights}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self._last_check_step = state_dict.get("last_check_step")
+        self.best_weights = state_dict.get("best_weights")

@@ -1,0 +1,148 @@
+"""LIDMonitor: the Lightning adapter of :class:`mmh_train.monitor.MemorizationMonitor`."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from torch import Tensor
+from typing_extensions import override
+
+from mmh_train.memorization import LABEL_NAMES
+from mmh_train.monitor import CheckResult, MemorizationMonitor
+
+__all__ = ["LIDMonitor", "write_text_atomic", "audit_rows"]
+
+DenoiserFn = Callable[["pl.LightningModule"], Any]
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Writes ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def audit_rows(monitor: MemorizationMonitor, result: CheckResult, groups: Tensor | None = None) -> str:
+    """The per-sample audit table as CSV: index, split, LID at every check, LID*, label, duplicate group."""
+    history = monitor.history_tensor()[:, 0, :]  # primary σ
+    P = len(monitor.train_index)
+    reference = monitor.reference_lid()
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["index", "split", *[f"lid@step{s}" for s in monitor.steps], "lid_ref", "label", "od_gap",
+                     "collapse", "duplicate_group"])
+    indices = torch.cat([monitor.train_index, monitor.heldout_index])
+    for pos, index in enumerate(indices.tolist()):
+        train = pos < P
+        lids = ["" if math.isnan(v) else f"{v:.4f}" for v in history[:, pos].tolist()]
+        label = LABEL_NAMES[int(result.labels.label[pos])] if (train and result.labels is not None) else ""
+        ref = f"{float(reference[pos]):.4f}" if (train and reference is not None) else ""
+        gap = f"{float(result.labels.od_gap[pos]):.4f}" if (train and result.labels is not None) else ""
+        collapse = f"{float(result.collapse[pos]):.4f}" if train and not math.isnan(float(result.collapse[pos])) else ""
+        group = str(int(groups[index])) if (train and groups is not None) else ""
+        writer.writerow([index, "train" if train else "heldout", *lids, ref, label, gap, collapse, group])
+    return out.getvalue()
+
+
+class LIDMonitor(Callback):
+    """Measures LID_θ on training and held-out probes while the model trains, and labels memorization.
+
+    Logs ``mmh/lid_train``, ``mmh/lid_heldout``, ``mmh/lid_gap``, ``mmh/collapse`` and, with a reference,
+    ``mmh/od_fraction`` and ``mmh/dd_fraction``; writes the per-sample audit table (CSV) atomically after
+    every check. Every argument not listed here goes to :class:`~mmh_train.monitor.MemorizationMonitor`.
+
+    Args:
+        train_data, heldout_data: tensors ``[N, ...]`` or map-style datasets (indexed by dataset index).
+        denoiser_fn: ``pl_module -> denoiser``; default calls ``pl_module.denoiser()`` (see
+            :func:`mmh_train.diffusers_denoiser`). It receives the raw module, never the DDP wrapper.
+        audit_path: CSV path; default ``<trainer.log_dir>/mmh_audit.csv``; ``False`` disables it.
+
+    .. note::
+        Under DDP the probes are split over ranks by batch and gathered: every rank must reach the same
+        checks, and every rank holds the same table. A check is side-effect free: training with and
+        without this callback gives bitwise-identical weights on CPU.
+    """
+
+    def __init__(self, train_data: Tensor | Sequence[Any], heldout_data: Tensor | Sequence[Any] | None = None, *,
+                 denoiser_fn: DenoiserFn | None = None, audit_path: str | os.PathLike | bool | None = None,
+                 **monitor_options: Any) -> None:
+        super().__init__()
+        if audit_path is True:
+            audit_path = None
+        self.monitor = MemorizationMonitor(train_data, heldout_data, **monitor_options)
+        self.denoiser_fn = denoiser_fn
+        self.audit_path = audit_path
+        self.last_result: CheckResult | None = None
+        self.duplicate_groups: Tensor | None = None  # filled by DuplicateReweighting when present
+
+    @property
+    @override
+    def state_key(self) -> str:
+        m = self.monitor
+        return self._generate_state_key(sigma=m.sigmas, seed=m.seed, n_train_probes=len(m.train_index),
+                                        n_heldout_probes=len(m.heldout_index))
+
+    @override
+    def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        if self.denoiser_fn is None and not callable(getattr(pl_module, "denoiser", None)):
+            raise TypeError(f"LIDMonitor needs the model as a denoiser: define `def denoiser(self)` on "
+                            f"{type(pl_module).__name__} returning e.g. mmh_train.diffusers_denoiser(self.unet, "
+                            f"self.scheduler), or pass denoiser_fn=lambda module: ....")
+
+    def _denoiser(self, pl_module: "pl.LightningModule") -> Any:
+        return self.denoiser_fn(pl_module) if self.denoiser_fn is not None else pl_module.denoiser()
+
+    def _audit_file(self, trainer: "pl.Trainer") -> Path | None:
+        if self.audit_path is False:
+            return None
+        if self.audit_path is not None:
+            return Path(self.audit_path)
+        return Path(trainer.log_dir or trainer.default_root_dir) / "mmh_audit.csv"
+
+    def _after_check(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: CheckResult) -> None:
+        self.last_result = result
+        for name, value in result.metrics.items():
+            pl_module.log(f"mmh/{name}", float(value), sync_dist=True, on_step=True, on_epoch=False)
+        path = self._audit_file(trainer)
+        if path is not None and trainer.is_global_zero:
+            write_text_atomic(path, audit_rows(self.monitor, result, self.duplicate_groups))
+
+    @override
+    def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        step = trainer.global_step
+        if self.monitor.should_check(step) and step not in self.monitor.steps:
+            self._after_check(trainer, pl_module, self.monitor.check(self._denoiser(pl_module), step,
+                                                                      epoch=trainer.current_epoch))
+
+    @override
+    def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        step, epoch = trainer.global_step, trainer.current_epoch
+        if self.monitor.should_check(step, epoch=epoch, epoch_end=True) and step not in self.monitor.steps:
+            self._after_check(trainer, pl_module, self.monitor.check(self._denoiser(pl_module), step, epoch=epoch))
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return self.monitor.state_dict()
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.monitor.load_state_dict(state_dict)
+        if self.monitor.history:
+            self.last_result = self.monitor.result()

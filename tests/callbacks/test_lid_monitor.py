@@ -1,0 +1,89 @@
+"""LIDMonitor in a real Trainer: memorizing vs generalizing, side-effect freedom, audit table, state."""
+
+import csv
+
+import pytest
+import torch
+from lightning_toys import ToyDiffusion, loader, toy_data, trainer
+
+from mmh_train.callbacks import LIDMonitor, MemorizationEarlyStopping
+
+
+def run(tmp_path, n_train, steps, callbacks=(), seed=0):
+    torch.manual_seed(seed)
+    sample = toy_data(n_train)
+    model = ToyDiffusion()
+    t = trainer(tmp_path, steps, callbacks)
+    t.fit(model, loader(sample, seed=seed))
+    return model, sample
+
+
+@pytest.mark.parametrize("n_train, expect_od", [(4, True), (2000, False)])
+def test_few_points_are_labelled_od_and_many_are_not(tmp_path, n_train, expect_od):
+    sample = toy_data(n_train)
+    monitor = LIDMonitor(sample.x, toy_data(200, seed=1).x, n_train_probes=min(n_train, 32), n_heldout_probes=32,
+                         sigma=0.1, every_n_steps=1500, reference=sample.lid.float(), audit_path=tmp_path / "audit.csv")
+    run(tmp_path, n_train, 3000, [monitor])
+    metrics = monitor.last_result.metrics
+    if expect_od:
+        assert metrics["od_fraction"] >= 0.75, metrics
+        assert metrics["lid_gap"] > 0.5, metrics  # held-out points keep their dimension
+    else:
+        assert metrics["od_fraction"] <= 0.1, metrics
+        assert abs(metrics["lid_train"] - 2.0) < 0.5, metrics
+    rows = list(csv.DictReader(open(tmp_path / "audit.csv")))
+    assert len(rows) == len(monitor.monitor.train_index) + 32
+    assert {"index", "split", "lid@step1500", "lid@step3000", "lid_ref", "label"} <= set(rows[0])
+
+
+def test_monitor_on_vs_off_gives_bitwise_identical_weights(tmp_path):
+    plain, _ = run(tmp_path / "off", 64, 60)
+    sample = toy_data(64)
+    monitor = LIDMonitor(sample.x, n_train_probes=16, sigma=0.1, every_n_steps=7, audit_path=False,
+                         estimator_options={"n_probes": 2})
+    monitored, _ = run(tmp_path / "on", 64, 60, [monitor])
+    assert len(monitor.monitor.steps) == 8
+    for (name, a), (_, b) in zip(plain.state_dict().items(), monitored.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_two_monitors_with_the_same_state_key_are_refused(tmp_path):
+    sample = toy_data(32)
+    callbacks = [LIDMonitor(sample.x, sigma=0.1, audit_path=False), LIDMonitor(sample.x, sigma=0.1, audit_path=False)]
+    with pytest.raises(RuntimeError, match="state_key` must be unique"):  # Lightning checks state_key for us
+        run(tmp_path, 32, 2, callbacks)
+
+
+def test_module_without_denoiser_is_refused(tmp_path):
+    class NoDenoiser(ToyDiffusion):
+        denoiser = None
+
+    sample = toy_data(32)
+    t = trainer(tmp_path, 2, [LIDMonitor(sample.x, sigma=0.1, audit_path=False)])
+    with pytest.raises(TypeError, match="define `def denoiser\\(self\\)`"):
+        t.fit(NoDenoiser(), loader(sample))
+
+
+def test_early_stopping_stops_a_memorizing_run(tmp_path):
+    sample = toy_data(4)
+    monitor = LIDMonitor(sample.x, n_train_probes=4, sigma=0.1, every_n_steps=250, reference=sample.lid.float(),
+                         audit_path=False)
+    stopper = MemorizationEarlyStopping("mmh/od_fraction", patience=1, restore_best_weights=True)
+    model, _ = run(tmp_path, 4, 6000, [monitor, stopper])
+    stopped_at = monitor.monitor.steps[-1]
+    assert stopped_at < 6000 and stopper.stopping_reason_message is not None
+    assert monitor.last_result.metrics["od_fraction"] > 0
+    best = stopper.best_weights
+    assert best is not None and all(torch.equal(best[k], v) for k, v in model.state_dict().items())
+
+
+def test_early_stopping_without_a_monitor_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="add mmh_train.callbacks.LIDMonitor"):
+        run(tmp_path, 8, 2, [MemorizationEarlyStopping()])
+
+
+def test_early_stopping_argument_errors():
+    with pytest.raises(ValueError, match="choose one of mmh/collapse"):
+        MemorizationEarlyStopping("val_loss")
+    with pytest.raises(ValueError, match="choose 'min' or 'max'"):
+        MemorizationEarlyStopping(mode="down")
