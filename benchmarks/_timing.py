@@ -18,7 +18,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
-__all__ = ["Timing", "time_round_robin", "machine_info", "cuda_sync"]
+__all__ = ["Timing", "time_round_robin", "machine_info", "code_version", "cuda_sync"]
 
 
 @dataclass
@@ -81,6 +81,21 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def code_version(repo: str | os.PathLike) -> dict[str, Any]:
+    """The git commit of ``repo`` and whether its working tree had changes (``None`` without git)."""
+    import subprocess
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": git("rev-parse", "--short", "HEAD"), "git_dirty": None if status is None else bool(status)}
 
 
 def machine_info() -> dict[str, Any]:

@@ -40,10 +40,10 @@ import mmh_train
 from mmh_train.context import fell_back
 
 try:
-    from _timing import Timing, cuda_sync, machine_info, time_round_robin
+    from _timing import Timing, code_version, cuda_sync, machine_info, time_round_robin
 except ImportError:  # imported from elsewhere (the test loads this file by path)
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _timing import Timing, cuda_sync, machine_info, time_round_robin
+    from _timing import Timing, code_version, cuda_sync, machine_info, time_round_robin
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "estimators.json"
 
@@ -422,7 +422,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     command = "python benchmarks/estimators.py" + (" " + shlex.join(argv) if argv else "")
     machine = machine_info()
-    print(f"command: {command}")
+    code = code_version(Path(__file__).resolve().parent.parent)
+    print(f"command: {command}    (git {code['git_commit']}{', with local changes' if code['git_dirty'] else ''})")
     print(f"date:    {machine['date']}    seed: {cfg.seed}")
     print(f"machine: {machine['platform']}; CPU {machine['cpu_model']} ({machine['logical_cpus']} logical); "
           f"torch {machine['torch']} with {machine['torch_threads']} thread(s), OMP_NUM_THREADS="
@@ -432,7 +433,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"Hutchinson probes = {cfg.hutchinson_probes}")
 
     result: dict[str, Any] = {
-        "benchmark": "estimators", "command": command, "seed": cfg.seed, "quick": args.quick,
+        "benchmark": "estimators", "command": command, "code": code, "seed": cfg.seed, "quick": args.quick,
         "config": asdict(cfg), "machine": machine,
         "goals": {"flipd1_over_forward_max": GOAL_FLIPD1_OVER_FORWARD_MAX,
                   "normal_bundle_over_flipd1_min": GOAL_NORMAL_BUNDLE_OVER_FLIPD1_MIN},

@@ -74,7 +74,13 @@ class MemorizationEarlyStopping(EarlyStopping):
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         super().setup(trainer, pl_module, stage)
-        self._monitor_callback(trainer)
+        monitor = self._monitor_callback(trainer).monitor
+        if self.monitor in ("mmh/od_fraction", "mmh/dd_fraction") and monitor.reference.kind is None:
+            raise ValueError(f"{self.monitor} needs labels, but the LIDMonitor has no reference LID*; give it "
+                             f"reference='data' (or known LID), or monitor mmh/collapse instead.")
+        if self.monitor == "mmh/lid_gap" and not len(monitor.heldout_index):
+            raise ValueError("mmh/lid_gap compares train and held-out probes, but the LIDMonitor has no held-out "
+                             "data; pass heldout_data=... to it, or monitor mmh/od_fraction or mmh/collapse.")
 
     def _within_tolerance(self, current: Tensor) -> bool:
         if self.tolerance is None or not torch.isfinite(current):
@@ -99,8 +105,7 @@ class MemorizationEarlyStopping(EarlyStopping):
             return
         self._last_check_step = result.step
         if self.monitor.removeprefix("mmh/") not in result.metrics:
-            raise ValueError(f"the LIDMonitor produces no {self.monitor} (it has no reference LID*); monitor "
-                             f"mmh/collapse or mmh/lid_gap instead, or give the monitor a reference.")
+            return  # not available yet (the collapse needs early_checks + 1 checks)
         current = torch.tensor(result.metrics[self.monitor.removeprefix("mmh/")])
         best_before = self.best_score.clone()
         should_stop, reason = self._evaluate_stopping_criteria(current)

@@ -50,7 +50,9 @@ class CheckResult:
         collapse: ``[P]`` drop of each probe's LID from its own early checks (NaN until enough checks).
         n_measured: probes measured in this check (fewer than P + Q under a budget).
         seconds: wall time of the check.
-        metrics: the scalars the callbacks log (keys without the ``mmh/`` prefix).
+        metrics: the scalars the callbacks log (keys without the ``mmh/`` prefix). ``lid_heldout`` and
+            ``lid_gap`` need held-out probes, ``od_fraction``/``dd_fraction`` a reference, ``collapse``
+            ``early_checks + 1`` checks; a metric that does not apply is absent.
     """
 
     step: int
@@ -269,12 +271,14 @@ class MemorizationMonitor:
         reference = self.reference.for_probes(self, latest=latest)
         labels = classify_memorization(lid_train, reference, **self.label_options) if reference is not None else None
         collapse = collapse_score(primary[:, :P], early_checks=self.early_checks)
-        metrics = {
-            "lid_train": _nanmean(lid_train),
-            "lid_heldout": _nanmean(lid_heldout),
-            "lid_gap": _nanmean(lid_heldout) - _nanmean(lid_train),
-            "collapse": _nanmean(collapse),
-        }
+        # A metric is absent (not NaN) where it does not apply or is not available yet, so that NaN keeps
+        # meaning "the model produced NaN" for check_finite-style stopping.
+        metrics = {"lid_train": _nanmean(lid_train)}
+        if len(self.heldout_index):
+            metrics["lid_heldout"] = _nanmean(lid_heldout)
+            metrics["lid_gap"] = metrics["lid_heldout"] - metrics["lid_train"]
+        if bool(torch.isfinite(collapse).any()):
+            metrics["collapse"] = _nanmean(collapse)
         if labels is not None:
             metrics["od_fraction"] = labels.fraction("od")
             metrics["dd_fraction"] = labels.fraction("dd")

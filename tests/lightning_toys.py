@@ -69,3 +69,32 @@ def trainer(tmp_path, max_steps: int, callbacks=(), **kwargs) -> pl.Trainer:
                    enable_progress_bar=False, enable_model_summary=False, default_root_dir=str(tmp_path))
     options.update(kwargs)
     return pl.Trainer(callbacks=list(callbacks), **options)
+
+
+class ReproducibleToyDiffusion(ToyDiffusion):
+    """Noise from a generator saved in checkpoints, so a resumed run repeats an uninterrupted one bitwise."""
+
+    def __init__(self, *args, seed: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.noise = torch.Generator().manual_seed(seed)
+
+    def per_sample_loss(self, x0):
+        noise = torch.randn(x0.shape, generator=self.noise)
+        t = torch.randint(0, self.max_timestep, (x0.shape[0],), generator=self.noise)
+        eps = self.net(self.scheduler.add_noise(x0, noise, t), t.float())
+        return ((eps - noise) ** 2).mean(1)
+
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["noise_generator"] = self.noise.get_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        self.noise.set_state(checkpoint["noise_generator"])
+
+
+def epoch_loader(sample, batch_size: int = 32, seed: int = 0, weights=None):
+    """Order fixed by (seed, epoch): Lightning calls set_epoch on the sampler."""
+    from mmh_train.remedies import DistributedWeightedSampler
+
+    weights = torch.ones(len(sample.x)) if weights is None else weights
+    sampler = DistributedWeightedSampler(weights, num_samples=batch_size * 5, seed=seed, num_replicas=1, rank=0)
+    return DataLoader(ToyDataset(sample), batch_size=batch_size, sampler=sampler)
