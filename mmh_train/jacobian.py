@@ -8,7 +8,7 @@ one JVP with a tangent ``V [B, ...]`` returns every sample's ``J_b v_b`` at once
             ≈ (1/K) Σ_k v_kᵀ J_b v_k         (Hutchinson: K probes with E[v vᵀ] = I)
 
 is assembled from such products, batched over tangents with ``vmap`` and chunked to bound memory.
-Forward mode (``torch.func.jvp``) computes J v; reverse mode (``torch.func.vjp``) computes Jᵀ v after
+Forward mode (``torch.func.jvp``) computes J v; reverse mode (``torch.autograd.grad``) computes Jᵀ v after
 a single forward pass, which gives the same quadratic form vᵀ J v. Probes come from an explicit
 ``torch.Generator``; the global RNG is never touched.
 """
@@ -20,7 +20,7 @@ from typing import Callable, Iterable
 
 import torch
 from torch import Tensor
-from torch.func import jvp, vjp, vmap
+from torch.func import jvp, vmap
 
 __all__ = ["TraceEstimate", "jacobian_trace", "draw_probes", "PROBES", "MODES", "EXACT_MAX_DIM"]
 
@@ -76,16 +76,26 @@ def _basis_chunk(start: int, stop: int, like: Tensor) -> Tensor:
 
 def _reverse_forms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Iterable[Tensor], acc: torch.dtype,
                    check: Callable[[Tensor], None], vectorize: bool) -> tuple[Tensor, list[Tensor]]:
-    """One forward pass, then vᵀ (Jᵀ v) for every tangent."""
-    output, pullback = vjp(f, x)
+    """One forward pass, then vᵀ (Jᵀ v) for every tangent, by ``torch.autograd.grad``.
+
+    Plain autograd costs about a third less per call than ``torch.func.vjp`` here. The graph of f is
+    built even under ``no_grad``; when the caller has grad enabled (the LID penalty), the products are
+    themselves differentiable with respect to the network's parameters (``create_graph``).
+    """
+    create_graph = torch.is_grad_enabled()
+    x_in = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        output = f(x_in)
     check(output)
 
-    def pull(v: Tensor) -> Tensor:
-        return pullback(v.to(output.dtype))[0]
+    def pull(v: Tensor, batched: bool) -> Tensor:
+        return torch.autograd.grad(output, x_in, v.to(output.dtype), retain_graph=True, create_graph=create_graph,
+                                   is_grads_batched=batched)[0]
 
     forms = []
     for v in tangents:
-        jt_v = vmap(pull)(v) if vectorize else torch.stack([pull(vi) for vi in v])
+        batched = vectorize and len(v) > 1  # vmap costs a fixed overhead that one tangent does not need
+        jt_v = pull(v, True) if batched else torch.stack([pull(vi, False) for vi in v])
         forms.append((v.to(acc) * jt_v.to(acc)).flatten(2).sum(-1))
     return output, forms
 
@@ -95,7 +105,7 @@ def _forward_forms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Iterable[
     """vᵀ (J v) for every tangent; f(x) is the primal the first JVP computes anyway."""
     output, forms = None, []
     for v in tangents:
-        if vectorize:
+        if vectorize and len(v) > 1:  # vmap costs a fixed overhead that one tangent does not need
             out, j_v = vmap(lambda t: jvp(f, (x,), (t,)), out_dims=(None, 0))(v)
         else:
             pairs = [jvp(f, (x,), (vi,)) for vi in v]
