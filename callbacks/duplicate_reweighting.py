@@ -10,9 +10,8 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from mmh_train.memorization import DD
 from mmh_train.probes import dataset_size, gather_points
-from mmh_train.remedies import DistributedWeightedSampler, downweight, duplicate_weights, find_duplicate_groups
+from mmh_train.remedies import AdaptiveDuplicateWeights, DistributedWeightedSampler, find_duplicate_groups
 
 from .lid_monitor import LIDMonitor
 from .mixin import require_mixin
@@ -34,7 +33,7 @@ class DuplicateReweighting(Callback):
         group_weight: total weight of a group, in samples (default 1: a group weighs one sample).
         cap: alternatively, a group of m copies weighs min(m, cap).
         dd_factor: when set, multiply the weights of every group that the LIDMonitor labels DD by this
-            factor after each check (adaptive reweighting).
+            factor, once per group (adaptive reweighting).
         seed: the sampler's shared seed (identical on every rank).
     """
 
@@ -46,11 +45,9 @@ class DuplicateReweighting(Callback):
             raise ValueError(f"dd_factor must lie in [0, 1] (a multiplier for DD-labelled groups); got {dd_factor}.")
         self.train_data, self.radius, self.features = train_data, radius, features
         self.group_weight, self.cap, self.dd_factor, self.seed = group_weight, cap, dd_factor, seed
-        self.groups = None
-        self.weights: Tensor | None = None
+        self.adaptive: AdaptiveDuplicateWeights | None = None
         self._sampler: DistributedWeightedSampler | None = None
         self._last_check_step: int | None = None
-        self.downweighted: Tensor | None = None  # [N] bool: groups already multiplied by dd_factor
 
     @property
     @override
@@ -58,59 +55,53 @@ class DuplicateReweighting(Callback):
         return self._generate_state_key(radius=self.radius, group_weight=self.group_weight, cap=self.cap,
                                         dd_factor=self.dd_factor)
 
-    def _ensure_weights(self) -> Tensor:
-        if self.weights is None:
+    def _ensure(self) -> AdaptiveDuplicateWeights:
+        if self.adaptive is None:
             data = gather_points(self.train_data, torch.arange(dataset_size(self.train_data)))
-            self.groups = find_duplicate_groups(data, radius=self.radius, features=self.features)
-            self.weights = duplicate_weights(self.groups, group_weight=self.group_weight, cap=self.cap)
-        return self.weights
+            groups = find_duplicate_groups(data, radius=self.radius, features=self.features)
+            self.adaptive = AdaptiveDuplicateWeights(groups, group_weight=self.group_weight, cap=self.cap,
+                                                     dd_factor=self.dd_factor)
+        return self.adaptive
+
+    @property
+    def weights(self) -> Tensor:
+        """``[N]`` current per-sample weights (mean 1)."""
+        return self._ensure().weights
 
     def sampler(self, num_samples: int | None = None) -> DistributedWeightedSampler:
         """A weighted sampler drawing the same sequence on every rank from ``seed`` and keeping its shard."""
         if self._sampler is None:
-            self._sampler = DistributedWeightedSampler(self._ensure_weights(), num_samples, seed=self.seed)
+            self._sampler = DistributedWeightedSampler(self.weights, num_samples, seed=self.seed)
         return self._sampler
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         require_mixin(pl_module, "DuplicateReweighting")
-        pl_module._mmh_sample_weights = self._ensure_weights()
+        pl_module._mmh_sample_weights = self.weights
         for callback in trainer.callbacks:
             if isinstance(callback, LIDMonitor):
-                callback.duplicate_groups = self.groups.group
-
-    def _monitor(self, trainer: "pl.Trainer") -> LIDMonitor | None:
-        return next((cb for cb in trainer.callbacks if isinstance(cb, LIDMonitor)), None)
+                callback.duplicate_groups = self._ensure().groups.group
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        monitor = self._monitor(trainer) if self.dd_factor is not None else None
+        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, LIDMonitor)), None)
         result = monitor.last_result if monitor is not None else None
-        if result is None or result.labels is None or result.step == self._last_check_step:
+        if result is None or result.step == self._last_check_step:
             return
         self._last_check_step = result.step
-        dd_points = result.train_index[result.labels.label == DD]
-        in_dd_group = torch.isin(self.groups.group, self.groups.group[dd_points])
-        if self.downweighted is None:
-            self.downweighted = torch.zeros_like(in_dd_group)
-        new = in_dd_group & ~self.downweighted  # each group is down-weighted once, not at every check
-        if not bool(new.any()):
-            return
-        self.downweighted |= new
-        self.weights = downweight(self.weights, new, self.dd_factor)
-        pl_module._mmh_sample_weights = self.weights
-        if self._sampler is not None:
-            self._sampler.set_weights(self.weights)
+        if self._ensure().update(result):
+            pl_module._mmh_sample_weights = self.weights
+            if self._sampler is not None:
+                self._sampler.set_weights(self.weights)
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "last_check_step": self._last_check_step, "downweighted": self.downweighted}
+        return {**self._ensure().state_dict(), "last_check_step": self._last_check_step}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self._ensure_weights()
-        self.weights, self._last_check_step = state_dict["weights"], state_dict["last_check_step"]
-        self.downweighted = state_dict.get("downweighted")
-        if self._sampler is not None and self.weights is not None:
+        self._ensure().load_state_dict(state_dict)
+        self._last_check_step = state_dict["last_check_step"]
+        if self._sampler is not None:
             self._sampler.set_weights(self.weights)

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from mmh_train.memorization import DD
+from mmh_train.remedies import PenaltySchedule
 
 from .lid_monitor import LIDMonitor
 from .mixin import require_mixin
@@ -22,16 +22,13 @@ class LIDPenaltyController(Callback):
     """Configures :meth:`MemorizationMixin.mmh_lid_penalty` and sets its weight over training.
 
     The weight is 0 until the :class:`LIDMonitor` reports an OD fraction above ``od_threshold`` (or from
-    the start with ``always_on``), then ramps linearly to ``max_weight`` over ``ramp_steps`` steps.
+    the start with ``always_on``), then ramps linearly to ``max_weight`` over ``ramp_steps`` steps
+    (:class:`mmh_train.remedies.PenaltySchedule`).
 
     Args:
-        max_weight: the penalty's weight once fully on.
-        od_threshold: OD fraction that switches it on.
-        ramp_steps: steps from 0 to ``max_weight`` after switching on.
-        always_on: start at ``max_weight`` without waiting for OD.
+        max_weight, od_threshold, ramp_steps, always_on, target: see ``PenaltySchedule``; ``target=None``
+            takes the median LID* of the monitor's non-DD training probes when the penalty switches on.
         sigma: FLIPD's noise level in the penalty.
-        target: LID below which FLIPD is penalized; ``None`` uses the median LID* of the monitor's
-            training probes that are not DD (requires a monitor with a reference).
         n_probes: Hutchinson probes (1: one forward + one VJP with double backward).
         subset: how many points of each batch the penalty evaluates (cost bound).
         seed: probes come from a generator seeded with ``seed + rank`` (different per rank, resumable).
@@ -41,14 +38,9 @@ class LIDPenaltyController(Callback):
                  always_on: bool = False, sigma: float = 0.1, target: float | None = None, n_probes: int = 1,
                  subset: int | None = 16, seed: int = 0) -> None:
         super().__init__()
-        if not max_weight >= 0:
-            raise ValueError(f"max_weight must be ≥ 0; got {max_weight}.")
-        if ramp_steps < 0:
-            raise ValueError(f"ramp_steps must be ≥ 0; got {ramp_steps}.")
-        self.max_weight, self.od_threshold, self.ramp_steps = float(max_weight), od_threshold, ramp_steps
-        self.always_on, self.sigma, self.target, self.n_probes, self.subset = always_on, sigma, target, n_probes, subset
-        self.seed = seed
-        self.activated_at: int | None = 0 if always_on else None
+        self.schedule = PenaltySchedule(max_weight=max_weight, od_threshold=od_threshold, ramp_steps=ramp_steps,
+                                        always_on=always_on, target=target)
+        self.sigma, self.n_probes, self.subset, self.seed = sigma, n_probes, subset, seed
         self.weight = 0.0
         self._generator: torch.Generator | None = None
         self._generator_state: Tensor | None = None
@@ -57,7 +49,16 @@ class LIDPenaltyController(Callback):
     @property
     @override
     def state_key(self) -> str:
-        return self._generate_state_key(max_weight=self.max_weight, od_threshold=self.od_threshold, sigma=self.sigma)
+        s = self.schedule
+        return self._generate_state_key(max_weight=s.max_weight, od_threshold=s.od_threshold, sigma=self.sigma)
+
+    @property
+    def activated_at(self) -> int | None:
+        return self.schedule.activated_at
+
+    @property
+    def target(self) -> float | None:
+        return self.schedule.target
 
     def generator(self, device: torch.device) -> torch.Generator:
         """The per-rank probe generator (one stream for the whole run, restored on resume)."""
@@ -68,50 +69,36 @@ class LIDPenaltyController(Callback):
         return self._generator
 
     def target_for(self, indices: Tensor | None, x: Tensor) -> float:
-        """The LID target of the penalty (a float for now: per-point targets need every point's LID*)."""
-        if self.target is None:
+        """The LID target of the penalty."""
+        if self.schedule.target is None:
             raise RuntimeError("the penalty target is unknown: pass target=... or add an LIDMonitor with a reference.")
-        return float(self.target)
+        return float(self.schedule.target)
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         require_mixin(pl_module, "LIDPenaltyController")
         pl_module._mmh_penalty = self
         self._rank = trainer.global_rank
-        if self.target is None and not any(isinstance(cb, LIDMonitor) and cb.monitor.reference.kind is not None
-                                           for cb in trainer.callbacks):
+        if self.schedule.target is None and not any(isinstance(cb, LIDMonitor) and cb.monitor.reference.kind is not None
+                                                    for cb in trainer.callbacks):
             raise ValueError("LIDPenaltyController(target=None) takes the target from an LIDMonitor's reference LID*; "
                              "add LIDMonitor(..., reference='data') or pass target=<the data's LID>.")
-        self._update_weight(trainer.global_step)
-
-    def _update_weight(self, step: int) -> None:
-        if self.activated_at is None:
-            self.weight = 0.0
-        elif self.ramp_steps == 0:
-            self.weight = self.max_weight
-        else:
-            self.weight = self.max_weight * min(1.0, (step - self.activated_at) / self.ramp_steps)
+        self.weight = self.schedule.weight(trainer.global_step)
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         monitor = next((cb for cb in trainer.callbacks if isinstance(cb, LIDMonitor)), None)
-        result = monitor.last_result if monitor is not None else None
-        if self.activated_at is None and result is not None and result.labels is not None:
-            if result.metrics.get("od_fraction", 0.0) > self.od_threshold:
-                self.activated_at = trainer.global_step
-                if self.target is None:
-                    keep = result.labels.label != DD
-                    self.target = float(result.labels.lid_ref[keep].nanmedian())
-        self._update_weight(trainer.global_step)
+        self.schedule.update(monitor.last_result if monitor is not None else None)
+        self.weight = self.schedule.weight(trainer.global_step)
 
     @override
     def state_dict(self) -> dict[str, Any]:
         state = self._generator.get_state() if self._generator is not None else None
-        return {"activated_at": self.activated_at, "target": self.target, "generator_state": state}
+        return {**self.schedule.state_dict(), "generator_state": state}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.activated_at, self.target = state_dict["activated_at"], state_dict["target"]
+        self.schedule.load_state_dict(state_dict)
         self._generator_state = state_dict.get("generator_state")
         self._generator = None

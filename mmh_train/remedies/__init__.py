@@ -2,9 +2,10 @@
 
 from .duplicate_groups import DuplicateGroups, downweight, duplicate_weights, find_duplicate_groups, weighted_loss
 from .penalty import REDUCTIONS, lid_penalty
+from .schedules import AdaptiveDuplicateWeights, PenaltySchedule
 from .weighted_sampler import DistributedWeightedSampler
 
 __all__ = [
-    "REDUCTIONS", "DistributedWeightedSampler", "DuplicateGroups", "downweight", "duplicate_weights",
+    "REDUCTIONS", "AdaptiveDuplicateWeights", "DistributedWeightedSampler", "PenaltySchedule", "DuplicateGroups", "downweight", "duplicate_weights",
     "find_duplicate_groups", "lid_penalty", "weighted_loss",
 ]

@@ -1,0 +1,114 @@
+"""MemorizationGuard: the monitor, the labels and the three remedies for a plain (accelerate) loop.
+
+    guard = MemorizationGuard(monitor, stopper=MemorizationStopper("od_fraction", patience=2))
+    accelerator.register_for_checkpointing(guard)
+    for step, (x0, _, index) in enumerate(loader, start=1):
+        loss = guard.weighted_loss(per_sample_loss, index) + guard.penalty(denoiser, x0, step)
+        accelerator.backward(loss); optimizer.step(); optimizer.zero_grad()
+        guard.maybe_check(denoiser, step)          # every rank, same steps (collectives inside)
+        if guard.should_stop:
+            break
+
+``denoiser`` must wrap the raw module: ``accelerator.unwrap_model(model, keep_fp32_wrapper=False)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ..data.indexed import check_indices
+from ..distributed import DistributedOps, default_ops
+from ..monitor import CheckResult, MemorizationMonitor
+from ..remedies import AdaptiveDuplicateWeights, PenaltySchedule, lid_penalty, weighted_loss
+from .stopping import MemorizationStopper
+
+__all__ = ["MemorizationGuard"]
+
+
+class MemorizationGuard:
+    """Bundles a monitor with optional remedies; every part is optional except the monitor.
+
+    Args:
+        monitor: a :class:`~mmh_train.monitor.MemorizationMonitor`.
+        weights: duplicate-aware per-sample weights (adapted when the monitor labels DD).
+        penalty: schedule of the LID penalty (its weight stays 0 until OD appears, unless always on).
+        stopper: early stopping on one of the monitor's metrics.
+        penalty_sigma, penalty_probes, penalty_subset: FLIPD settings inside the penalty.
+        seed: the penalty's probes come from a generator seeded with ``seed + rank``.
+        distributed: collectives; default ``torch.distributed`` when initialized.
+    """
+
+    def __init__(self, monitor: MemorizationMonitor, *, weights: AdaptiveDuplicateWeights | None = None,
+                 penalty: PenaltySchedule | None = None, stopper: MemorizationStopper | None = None,
+                 penalty_sigma: float = 0.1, penalty_probes: int = 1, penalty_subset: int | None = 16, seed: int = 0,
+                 distributed: DistributedOps | None = None) -> None:
+        if not isinstance(monitor, MemorizationMonitor):
+            raise TypeError(f"monitor must be a mmh_train.MemorizationMonitor; got {type(monitor).__name__}.")
+        self.monitor, self.weights, self.schedule, self.stopper = monitor, weights, penalty, stopper
+        self.penalty_sigma, self.penalty_probes, self.penalty_subset = penalty_sigma, penalty_probes, penalty_subset
+        self.seed, self.distributed = seed, distributed
+        self.should_stop = False
+        self.last_result: CheckResult | None = None
+        self._generator: torch.Generator | None = None
+
+    def _ops(self) -> DistributedOps:
+        return self.distributed or default_ops()
+
+    def maybe_check(self, denoiser: Any, step: int, *, epoch: int | None = None, epoch_end: bool = False) -> CheckResult | None:
+        """Runs the monitor at its cadence and feeds the remedies and the stopper with the result."""
+        result = self.monitor.maybe_check(denoiser, step, epoch=epoch, epoch_end=epoch_end)
+        if result is None:
+            return None
+        self.last_result = result
+        if self.weights is not None:
+            self.weights.update(result)
+        if self.schedule is not None:
+            self.schedule.update(result)
+        if self.stopper is not None and self.stopper.update(result.metrics, step, self._ops()):
+            self.should_stop = True
+        return result
+
+    def weighted_loss(self, per_sample_loss: Tensor, indices: Tensor | None) -> Tensor:
+        """Σ w[index]·loss / B with the duplicate weights; the plain mean without them."""
+        if self.weights is None:
+            return per_sample_loss.mean()
+        indices = check_indices(indices, len(self.weights.weights), allow_repeats=True)
+        w = self.weights.weights.to(per_sample_loss.device)[indices.to(per_sample_loss.device)]
+        return weighted_loss(per_sample_loss, w.to(per_sample_loss.dtype))
+
+    def penalty(self, denoiser: Any, x: Tensor, step: int) -> Tensor:
+        """weight(step) · LID penalty on a subset of ``x``; exactly 0 (and no extra work) while off."""
+        weight = self.schedule.weight(step) if self.schedule is not None else 0.0
+        if weight == 0.0:
+            return torch.zeros((), device=x.device, dtype=x.dtype)
+        if self._generator is None:
+            self._generator = torch.Generator(device=x.device).manual_seed(self.seed + self._ops().rank)
+        subset = min(self.penalty_subset, x.shape[0]) if self.penalty_subset else None
+        return weight * lid_penalty(denoiser, x, self.penalty_sigma, self.schedule.target, n_probes=self.penalty_probes,
+                                    subset=subset, generator=self._generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to resume (for ``accelerator.register_for_checkpointing``)."""
+        return {
+            "monitor": self.monitor.state_dict(),
+            "weights": self.weights.state_dict() if self.weights is not None else None,
+            "penalty": self.schedule.state_dict() if self.schedule is not None else None,
+            "stopper": self.stopper.state_dict() if self.stopper is not None else None,
+            "should_stop": self.should_stop,
+            "generator": self._generator.get_state() if self._generator is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.monitor.load_state_dict(state["monitor"])
+        for part, key in ((self.weights, "weights"), (self.schedule, "penalty"), (self.stopper, "stopper")):
+            if part is not None and state[key] is not None:
+                part.load_state_dict(state[key])
+        self.should_stop = state["should_stop"]
+        if state["generator"] is not None:
+            self._generator = torch.Generator().manual_seed(0)
+            self._generator.set_state(state["generator"])
+        if self.monitor.history:
+            self.last_result = self.monitor.result()

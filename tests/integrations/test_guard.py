@@ -1,0 +1,102 @@
+"""The plain-loop guard and stopper in one process."""
+
+import math
+
+import pytest
+import torch
+from lightning_toys import ToyDiffusion, toy_data
+
+from mmh_train.data import inject_duplicates_in_sample
+from mmh_train.integrations import MemorizationGuard, MemorizationStopper
+from mmh_train.monitor import MemorizationMonitor
+from mmh_train.remedies import AdaptiveDuplicateWeights, PenaltySchedule, find_duplicate_groups
+
+
+def test_stopper_tolerates_a_flat_zero_and_stops_after_patience():
+    stopper = MemorizationStopper("od_fraction", patience=2)
+    assert not any(stopper.update({"od_fraction": 0.0}, step) for step in range(10))  # 0 never "improves"
+    assert not stopper.update({"od_fraction": 0.2}, 10)
+    assert stopper.update({"od_fraction": 0.3}, 11) and stopper.stopped_step == 11
+    assert "did not improve for 2 checks" in stopper.reason
+
+
+def test_stopper_thresholds_finiteness_and_missing_metrics():
+    assert MemorizationStopper("collapse", divergence_threshold=0.5).update({"collapse": 0.6}, 1)
+    assert MemorizationStopper("collapse").update({"collapse": math.nan}, 1)
+    assert not MemorizationStopper("collapse").update({}, 1)  # not available yet
+    assert MemorizationStopper("lid_train", stopping_threshold=1.0).update({"lid_train": 1.5}, 1)
+
+
+def test_stopper_state_round_trip_and_errors():
+    stopper = MemorizationStopper("mmh/lid_gap", patience=3, tolerance=None)
+    for step, gap in enumerate([0.1, 0.2, 0.3]):
+        stopper.update({"lid_gap": gap}, step)
+    clone = MemorizationStopper("lid_gap", patience=3, tolerance=None)
+    clone.load_state_dict(stopper.state_dict())
+    assert clone.wait_count == 2 and clone.update({"lid_gap": 0.4}, 4)
+    with pytest.raises(ValueError, match="choose one of collapse"):
+        MemorizationStopper("loss")
+    with pytest.raises(ValueError, match="patience must be an integer"):
+        MemorizationStopper(patience=-1)
+
+
+def memorizing_setup():
+    torch.manual_seed(0)
+    sample, dup = inject_duplicates_in_sample(toy_data(4), fraction=0.5, copies=2, generator=torch.Generator().manual_seed(0))
+    monitor = MemorizationMonitor(sample.x, sigma=0.1, every_n_steps=500, reference=torch.full((len(sample.x),), 2.0))
+    return sample, dup, monitor
+
+
+def train(guard, sample, max_steps=6000):
+    """A diffusers-style plain loop with the guard's calls; returns the penalties it added."""
+    model = ToyDiffusion()
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    penalties = []
+    for step in range(1, max_steps + 1):
+        index = torch.randint(0, len(sample.x), (64,))
+        loss = guard.weighted_loss(model.per_sample_loss(sample.x[index]), index)
+        penalty = guard.penalty(model.denoiser(), sample.x[index], step)
+        penalties.append(float(penalty))
+        optimizer.zero_grad()
+        (loss + penalty).backward()
+        optimizer.step()
+        guard.maybe_check(model.denoiser(), step)
+        if guard.should_stop:
+            break
+    return penalties
+
+
+def test_guard_reweights_duplicates_and_stops_a_memorizing_loop():
+    sample, dup, monitor = memorizing_setup()
+    guard = MemorizationGuard(monitor, weights=AdaptiveDuplicateWeights(find_duplicate_groups(sample.x)),
+                              stopper=MemorizationStopper("od_fraction", patience=1))
+    train(guard, sample)
+    assert guard.should_stop and guard.stopper.stopped_step < 6000
+    singleton = guard.weights.weights[~dup.duplicated][0]
+    for g in dup.group[dup.duplicated].unique():  # a duplicate group (3 copies) weighs one sample
+        torch.testing.assert_close(guard.weights.weights[dup.group == g].sum(), singleton)
+    clone = MemorizationGuard(MemorizationMonitor(sample.x, sigma=0.1, every_n_steps=500,
+                                                  reference=torch.full((len(sample.x),), 2.0)),
+                              weights=AdaptiveDuplicateWeights(find_duplicate_groups(sample.x)),
+                              stopper=MemorizationStopper("od_fraction", patience=1))
+    clone.load_state_dict(guard.state_dict())
+    assert clone.should_stop and clone.stopper.stopped_step == guard.stopper.stopped_step
+    torch.testing.assert_close(clone.monitor.history_tensor(), guard.monitor.history_tensor(), equal_nan=True)
+
+
+def test_guard_switches_the_penalty_on_when_od_appears():
+    sample, _, monitor = memorizing_setup()
+    guard = MemorizationGuard(monitor, penalty=PenaltySchedule(od_threshold=0.0, max_weight=0.01, ramp_steps=10))
+    penalties = train(guard, sample, max_steps=3000)
+    start = guard.schedule.activated_at
+    assert start is not None and guard.schedule.target == 2.0
+    assert all(p == 0.0 for p in penalties[:start]) and any(p > 0 for p in penalties[start:])
+
+
+def test_guard_without_remedies_is_inert_and_refuses_a_non_monitor():
+    guard = MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None))
+    loss = torch.tensor([1.0, 3.0])
+    assert guard.weighted_loss(loss, None) == 2.0
+    assert guard.penalty(lambda x, s: x, torch.zeros(2, 4), 1) == 0.0
+    with pytest.raises(TypeError, match="MemorizationMonitor"):
+        MemorizationGuard(object())
