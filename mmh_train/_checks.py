@@ -13,6 +13,7 @@ from torch import Tensor
 
 __all__ = [
     "check_points",
+    "check_query",
     "check_sigma",
     "check_positive_int",
     "check_choice",
@@ -55,6 +56,17 @@ def check_points(x: Any, name: str = "x", *, min_dim: int = 2) -> Tensor:
         raise ValueError(f"{name} has NaN or Inf in {len(rows)} row(s): [{shown}]. "
                          f"Drop or repair those rows before estimating LID.")
     return x
+
+
+def check_query(query: Any, data: Tensor) -> None:
+    """Checks optional query points against the data: valid points with the data's feature count."""
+    if query is None:
+        return
+    check_points(query, "query")
+    if query[0].numel() != data[0].numel():
+        raise ValueError(f"query points have {query[0].numel()} features but data points have "
+                         f"{data[0].numel()} (shapes {tuple(query.shape)} and {tuple(data.shape)}); "
+                         f"pass queries of the same shape as the data points.")
 
 
 def check_sigma(sigma: Any, batch_size: int, *, name: str = "sigma") -> None:

@@ -33,6 +33,8 @@ from .reference_choice import ReferenceLID
 __all__ = ["MemorizationMonitor", "CheckResult", "ESTIMATORS"]
 
 Estimator = Callable[..., Tensor]
+#: Inputs up to this flattened size get FLIPD's exact trace in the monitor; larger ones one Hutchinson probe.
+MONITOR_EXACT_MAX_DIM = 64
 #: Named estimators; any callable ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]`` works too.
 ESTIMATORS: dict[str, Estimator] = {"flipd": flipd, "normal_bundle": normal_bundle_lid}
 
@@ -102,7 +104,8 @@ class MemorizationMonitor:
         every_n_steps, every_n_epochs: cadence (``maybe_check``); default every epoch.
         estimator: ``"flipd"`` (default), ``"normal_bundle"`` or a callable
             ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]``.
-        estimator_options: keyword arguments for the estimator (e.g. ``n_probes=1, precision="bf16"``).
+        estimator_options: keyword arguments for the estimator (e.g. ``n_probes=4, precision="bf16"``).
+            FLIPD defaults to the exact trace up to 64 dimensions and one Rademacher probe above.
         max_probes_per_check: budget in probe points; probes are measured in rotation when over it.
         max_seconds_per_check: budget in seconds, converted to points with the speed of earlier checks.
         reference: LID* per training probe: ``"data"`` (model-free ``reference_lid`` over the training set,
@@ -159,6 +162,8 @@ class MemorizationMonitor:
         self.every_n_epochs = every_n_epochs if (every_n_epochs or every_n_steps) else 1
         self.estimator = ESTIMATORS[estimator] if isinstance(estimator, str) else estimator
         self.estimator_options = dict(estimator_options or {})
+        if self.estimator is flipd:  # a monitor runs all training long: exact traces only for small inputs
+            self.estimator_options.setdefault("exact_max_dim", MONITOR_EXACT_MAX_DIM)
         self.max_probes_per_check, self.max_seconds_per_check = max_probes_per_check, max_seconds_per_check
         self.label_options = dict(label_options or {})
         self.distributed = distributed

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
-from ._checks import check_points, check_positive_int
+from ._checks import check_points, check_positive_int, check_query
 
 __all__ = ["pairwise_sq_dists", "knn", "default_chunk_size"]
 
@@ -187,12 +187,7 @@ def knn(data: Tensor, query: Tensor | None, k: int, *, exclude_self: bool | None
             or ``chunk_size``, or ``k`` larger than the number of available neighbours.
     """
     check_points(data, "data")
-    if query is not None:
-        check_points(query, "query")
-        if query[0].numel() != data[0].numel():
-            raise ValueError(f"query points have {query[0].numel()} features but data points have "
-                             f"{data[0].numel()} (shapes {tuple(query.shape)} and {tuple(data.shape)}); "
-                             f"pass queries of the same shape as the data points.")
+    check_query(query, data)
     check_positive_int(k, "k")
     check_positive_int(chunk_size, "chunk_size", allow_none=True)
     n = data.shape[0]

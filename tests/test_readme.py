@@ -19,5 +19,6 @@ def test_readme_has_the_two_setup_commands_and_ci_runs_the_test_one():
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_python_block_runs(index):
+def test_readme_python_block_runs(index, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # blocks may write run folders
     exec(compile(BLOCKS[index], f"README.md block {index}", "exec"), {})

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .._checks import check_choice, check_points, check_positive_int
+from .._checks import check_choice, check_points, check_positive_int, check_query
 from ..neighbors import _compute_dtype, _knn, _sq_dist_blocks, default_chunk_size
 
 __all__ = ["reference_lid", "local_dimension_methods"]
@@ -70,12 +70,7 @@ def reference_lid(data: Tensor, query: Tensor | None = None, *, method: str = "l
             ``duplicate_radius`` or option values, or too few distinct data points for ``k``.
     """
     check_points(data, "data")
-    if query is not None:
-        check_points(query, "query")
-        if query[0].numel() != data[0].numel():
-            raise ValueError(f"query points have {query[0].numel()} features but data points have "
-                             f"{data[0].numel()} (shapes {tuple(query.shape)} and {tuple(data.shape)}); "
-                             f"pass queries of the same shape as the data points.")
+    check_query(query, data)
     check_choice(method, "method", local_dimension_methods)
     check_positive_int(k, "k")
     if k < _MIN_K[method]:
