@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import csv
-import io
-import math
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -16,48 +12,13 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from mmh_train.memorization import LABEL_NAMES
+from mmh_train.io import write_text_atomic
+from mmh_train.audit import audit_csv
 from mmh_train.monitor import CheckResult, MemorizationMonitor
 
-__all__ = ["LIDMonitor", "write_text_atomic", "audit_rows"]
+__all__ = ["LIDMonitor"]
 
 DenoiserFn = Callable[["pl.LightningModule"], Any]
-
-
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Writes ``text`` to ``path`` through a temporary file in the same folder and an atomic rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def audit_rows(monitor: MemorizationMonitor, result: CheckResult, groups: Tensor | None = None) -> str:
-    """The per-sample audit table as CSV: index, split, LID at every check, LID*, label, duplicate group."""
-    history = monitor.history_tensor()[:, 0, :]  # primary σ
-    P = len(monitor.train_index)
-    reference = monitor.reference_lid()
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(["index", "split", *[f"lid@step{s}" for s in monitor.steps], "lid_ref", "label", "od_gap",
-                     "collapse", "duplicate_group"])
-    indices = torch.cat([monitor.train_index, monitor.heldout_index])
-    for pos, index in enumerate(indices.tolist()):
-        train = pos < P
-        lids = ["" if math.isnan(v) else f"{v:.4f}" for v in history[:, pos].tolist()]
-        label = LABEL_NAMES[int(result.labels.label[pos])] if (train and result.labels is not None) else ""
-        ref = f"{float(reference[pos]):.4f}" if (train and reference is not None) else ""
-        gap = f"{float(result.labels.od_gap[pos]):.4f}" if (train and result.labels is not None) else ""
-        collapse = f"{float(result.collapse[pos]):.4f}" if train and not math.isnan(float(result.collapse[pos])) else ""
-        group = str(int(groups[index])) if (train and groups is not None) else ""
-        writer.writerow([index, "train" if train else "heldout", *lids, ref, label, gap, collapse, group])
-    return out.getvalue()
 
 
 class LIDMonitor(Callback):
@@ -121,7 +82,7 @@ class LIDMonitor(Callback):
             pl_module.log(f"mmh/{name}", float(value), sync_dist=True, on_step=True, on_epoch=False)
         path = self._audit_file(trainer)
         if path is not None and trainer.is_global_zero:
-            write_text_atomic(path, audit_rows(self.monitor, result, self.duplicate_groups))
+            write_text_atomic(path, audit_csv(self.monitor, result, self.duplicate_groups))
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
