@@ -7,7 +7,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TimeMLP", "small_unet", "timestep_embedding"]
+__all__ = ["NullLabelDefault", "TimeMLP", "small_unet", "timestep_embedding"]
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 1000.0) -> Tensor:
@@ -65,3 +65,22 @@ def small_unet(sample_size: int = 16, in_channels: int = 1, *, channels: tuple[i
     return UNet2DModel(sample_size=sample_size, in_channels=in_channels, out_channels=in_channels,
                        layers_per_block=1, block_out_channels=channels, norm_num_groups=8,
                        down_block_types=tuple(down), up_block_types=tuple(up), num_class_embeds=num_classes)
+
+
+class NullLabelDefault(nn.Module):
+    """Calls a class-conditional network with the null label when no ``class_labels`` are given.
+
+    A model trained with label dropout (the null label ``null_label`` replaces some labels) is then also
+    an unconditional model, which is what the monitor measures: LID_θ(x), and LID_θ(x | c) when the
+    labels are bound (``denoiser.bind(class_labels=c)``).
+    """
+
+    def __init__(self, net: nn.Module, null_label: int) -> None:
+        super().__init__()
+        self.net, self.null_label = net, null_label
+
+    def forward(self, y: Tensor, t: Tensor, class_labels: Tensor | None = None) -> Tensor:
+        if class_labels is None:
+            class_labels = torch.full((y.shape[0],), self.null_label, dtype=torch.long, device=y.device)
+        out = self.net(y, t, class_labels=class_labels)
+        return out.sample if hasattr(out, "sample") else out

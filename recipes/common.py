@@ -1,0 +1,255 @@
+"""What every recipe shares: config sections, the diffusion LightningModule, callbacks, trainer, results.
+
+Recipes read top to bottom (config, data, model, training with the callbacks, report); this module keeps
+them short. It is recipe code, not library API: copy and adapt it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import lightning.pytorch as pl
+import torch
+from diffusers import DDPMScheduler
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch import Tensor, nn
+
+import mmh_train
+from mmh_train.callbacks import (DuplicateReweighting, LIDMonitor, LIDPenaltyController, MemorizationEarlyStopping,
+                                 MemorizationMixin)
+from mmh_train.config import ConfigError
+from mmh_train.models import NullLabelDefault
+from mmh_train.quality import mmd_rbf, sliced_wasserstein
+from mmh_train.sampling import sample
+
+OBJECTIVES = ("ddpm", "rectified_flow")
+
+
+# ---------------------------------------------------------------- config sections
+@dataclass
+class TrainConfig:
+    steps: int = 3000
+    batch_size: int = 128
+    lr: float = 2e-3
+    seed: int = 0
+    objective: str = "ddpm"          # "ddpm" (ε-prediction, DDPMScheduler) or "rectified_flow"
+    max_timestep: int = 1000         # DDPM: train on t < max_timestep (smaller fits small σ faster)
+    checkpoint_every: int = 1000
+    resume: Optional[str] = None     # a checkpoint path of this run (needs remedies.compare=false)
+    logger: str = "csv"              # "csv", "tensorboard" or "none"
+    progress_bar: bool = True
+    n_samples: int = 1000            # generated after training, for copy rate and quality
+    sample_steps: int = 32
+
+
+@dataclass
+class MonitorConfig:
+    sigma: float = 0.17
+    every_n_steps: int = 250
+    n_train_probes: Optional[int] = None
+    n_heldout_probes: Optional[int] = None
+    reference: str = "data"          # "data", "heldout", "truth" (toy data only) or "none"
+    od_margin: float = 1.0
+    relative: bool = False
+    dd_threshold: float = 0.5
+    n_probes: Optional[int] = None   # FLIPD Hutchinson probes (None: exact up to 64 dims, 1 above)
+
+
+@dataclass
+class RemedyConfig:
+    reweight: bool = False           # duplicate groups weigh one sample
+    dd_factor: Optional[float] = None  # extra factor for groups the monitor labels DD
+    penalty: bool = False            # LID penalty once OD appears
+    penalty_weight: float = 0.1
+    penalty_target: Optional[float] = None
+    early_stopping: bool = False     # stop on the OD fraction
+    patience: int = 2
+    compare: bool = True             # also train a baseline without remedies, for the report
+
+
+def validate(train: TrainConfig, monitor: MonitorConfig, remedies: RemedyConfig) -> None:
+    """Checks the values a schema cannot (choices, ranges) before any work."""
+    if train.objective not in OBJECTIVES:
+        raise ConfigError(f"train.objective={train.objective!r}; choose one of {OBJECTIVES}.")
+    if train.logger not in ("csv", "tensorboard", "none"):
+        raise ConfigError(f"train.logger={train.logger!r}; choose 'csv', 'tensorboard' or 'none'.")
+    if monitor.reference not in ("data", "heldout", "truth", "none"):
+        raise ConfigError(f"monitor.reference={monitor.reference!r}; choose 'data', 'heldout', 'truth' or 'none'.")
+    for name, value in (("train.steps", train.steps), ("train.batch_size", train.batch_size),
+                        ("monitor.every_n_steps", monitor.every_n_steps), ("train.n_samples", train.n_samples)):
+        if value < 1:
+            raise ConfigError(f"{name} must be ≥ 1; got {value}.")
+    if train.resume is not None:
+        if not Path(train.resume).is_file():
+            raise ConfigError(f"train.resume={train.resume} does not exist; pass a .ckpt file of this run.")
+        if remedies.compare and any_remedy(remedies):
+            raise ConfigError("train.resume continues one model; set remedies.compare=false to resume.")
+
+
+def any_remedy(remedies: RemedyConfig) -> bool:
+    return remedies.reweight or remedies.penalty or remedies.early_stopping
+
+
+# ---------------------------------------------------------------- the model
+class Diffusion(MemorizationMixin, pl.LightningModule):
+    """A diffusion (DDPM ε-prediction) or rectified-flow model around any network ``net(y, t, class_labels)``.
+
+    ``num_classes`` enables conditioning with label dropout; the null label is ``num_classes``.
+    """
+
+    def __init__(self, net: nn.Module, *, objective: str = "ddpm", lr: float = 2e-3, max_timestep: int = 1000,
+                 num_classes: Optional[int] = None, label_dropout: float = 0.1) -> None:
+        super().__init__()
+        self.net = NullLabelDefault(net, num_classes) if num_classes else net
+        self.objective, self.lr, self.max_timestep = objective, lr, max_timestep
+        self.num_classes, self.label_dropout = num_classes, label_dropout
+        self.noise_scheduler = DDPMScheduler(num_train_timesteps=1000)
+
+    def denoiser(self, class_labels: Optional[Tensor] = None):
+        den = (mmh_train.diffusers_denoiser(self.net, self.noise_scheduler) if self.objective == "ddpm"
+               else mmh_train.rectified_flow_denoiser(self.net, time_scale=1000.0))
+        return den.bind(class_labels=class_labels) if class_labels is not None else den
+
+    def per_sample_loss(self, x0: Tensor, labels: Optional[Tensor] = None) -> Tensor:
+        kwargs = {}
+        if self.num_classes:
+            drop = torch.rand(x0.shape[0], device=x0.device) < self.label_dropout
+            kwargs["class_labels"] = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+        noise = torch.randn_like(x0)
+        if self.objective == "ddpm":
+            t = torch.randint(0, self.max_timestep, (x0.shape[0],), device=x0.device)
+            target, pred = noise, self.net(self.noise_scheduler.add_noise(x0, noise, t), t, **kwargs)
+        else:  # rectified flow, data at t = 0: x_t = (1 − t) x0 + t ε, v = ε − x0
+            t = torch.rand(x0.shape[0], device=x0.device)
+            tb = t.reshape(-1, *([1] * (x0.dim() - 1)))
+            target, pred = noise - x0, self.net((1 - tb) * x0 + tb * noise, t * 1000.0, **kwargs)
+        pred = pred.sample if hasattr(pred, "sample") else pred
+        return (pred - target).pow(2).flatten(1).mean(1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x0, labels, index = batch
+        per_sample = self.per_sample_loss(x0, labels if self.num_classes else None)
+        loss = self.mmh_weighted_loss(per_sample, index) + self.mmh_lid_penalty(x0, index)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
+
+
+# ---------------------------------------------------------------- callbacks and trainer
+def make_callbacks(monitor: MonitorConfig, remedies: RemedyConfig, train_x: Tensor, heldout_x: Tensor, run_dir: Path,
+                   *, truth: Optional[Tensor] = None, use_remedies: bool = True) -> list[pl.Callback]:
+    reference: Any = {"data": "data", "heldout": "heldout", "none": None, "truth": truth}[monitor.reference]
+    if monitor.reference == "truth" and truth is None:
+        raise ConfigError("monitor.reference='truth' needs data with known LID (the toy recipe); use 'data'.")
+    options = {} if monitor.n_probes is None else {"n_probes": monitor.n_probes}
+    callbacks: list[pl.Callback] = [LIDMonitor(
+        train_x, heldout_x, sigma=monitor.sigma, every_n_steps=monitor.every_n_steps, reference=reference,
+        n_train_probes=monitor.n_train_probes, n_heldout_probes=monitor.n_heldout_probes, estimator_options=options,
+        label_options={"od_margin": monitor.od_margin, "relative": monitor.relative, "dd_threshold": monitor.dd_threshold},
+        audit_path=run_dir / "mmh_audit.csv")]
+    if use_remedies and remedies.reweight:
+        callbacks.append(DuplicateReweighting(train_x, dd_factor=remedies.dd_factor))
+    if use_remedies and remedies.penalty:
+        callbacks.append(LIDPenaltyController(max_weight=remedies.penalty_weight, target=remedies.penalty_target,
+                                              sigma=monitor.sigma))
+    if use_remedies and remedies.early_stopping:
+        callbacks.append(MemorizationEarlyStopping("mmh/od_fraction", patience=remedies.patience,
+                                                   restore_best_weights=True))
+    return callbacks
+
+
+def world_size() -> int:
+    """Processes started by ``accelerate launch`` / ``torchrun`` (1 under plain ``python``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def make_trainer(train: TrainConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
+    loggers = {"csv": lambda: CSVLogger(run_dir, name="logs"), "tensorboard": lambda: TensorBoardLogger(run_dir, name="logs"),
+               "none": lambda: False}
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=train.checkpoint_every,
+                                 save_last=True, save_top_k=-1)
+    devices = world_size()
+    return pl.Trainer(max_steps=train.steps, accelerator="auto", devices=devices,
+                      strategy="ddp" if devices > 1 else "auto", logger=loggers[train.logger](),
+                      callbacks=[*callbacks, checkpoint], enable_progress_bar=train.progress_bar,
+                      enable_model_summary=False, default_root_dir=str(run_dir), log_every_n_steps=50)
+
+
+# ---------------------------------------------------------------- results for the report
+def remedy_notes(callbacks: list[pl.Callback]) -> dict[str, str]:
+    """What each remedy did, in words, for the report."""
+    notes = {}
+    for cb in callbacks:
+        if isinstance(cb, DuplicateReweighting):
+            groups = cb.adaptive.groups
+            n_dup = int(groups.duplicated.sum())
+            n_groups = int(groups.group[groups.duplicated].unique().numel())
+            extra = f"; {int(cb.adaptive.downweighted.sum())} points in DD-labelled groups down-weighted" \
+                if cb.dd_factor is not None else ""
+            notes["reweighting"] = f"{n_groups} duplicate groups ({n_dup} points) weigh one sample each{extra}"
+        elif isinstance(cb, LIDPenaltyController):
+            notes["penalty"] = (f"on from step {cb.activated_at} (target LID {cb.target:.2f}, weight {cb.weight:g})"
+                                if cb.activated_at is not None else "never switched on (no OD above the threshold)")
+        elif isinstance(cb, MemorizationEarlyStopping):
+            notes["early_stopping"] = (cb.stopping_reason_message or "did not stop") + \
+                ("; best weights restored" if cb.stopping_reason_message and cb.best_weights is not None else "")
+    return notes
+
+
+def variant_result(name: str, module: Diffusion, callbacks: list[pl.Callback], train: TrainConfig,
+                   train_x: Tensor, heldout_x: Tensor, seconds: float):
+    """Samples the trained model and gathers what the report shows for it."""
+    from mmh_train.report import VariantResult
+
+    monitor_cb = next(cb for cb in callbacks if isinstance(cb, LIDMonitor))
+    monitor = monitor_cb.monitor
+    history = monitor.history_tensor()[:, 0, :]
+    P = len(monitor.train_index)
+    result = monitor_cb.last_result
+    # σ from 80 down to 0.02: inside the DDPM table's range [0.01, 157], and any range suits a flow.
+    generated = sample(module.denoiser(), (train.n_samples, *train_x.shape[1:]), steps=train.sample_steps,
+                       sigma_min=0.02, sigma_max=80.0, generator=torch.Generator().manual_seed(train.seed + 1))
+    copies = mmh_train.detect_copies(generated, train_x)
+    quality = {"sliced_wasserstein": sliced_wasserstein(generated, heldout_x),
+               "mmd": mmd_rbf(generated[:1000], heldout_x[:1000])}
+    labels = result.labels if result is not None else None
+    return VariantResult(
+        name=name, steps=torch.tensor(monitor.steps), lid_train=history[:, :P], lid_heldout=history[:, P:],
+        train_index=monitor.train_index, lid_ref=labels.lid_ref if labels else None,
+        labels=labels.label if labels else None, od_gap=labels.od_gap if labels else None, samples=generated,
+        copy_score=copies.score, copy_nearest=copies.nearest, copy_rate=copies.copy_rate, quality=quality,
+        metrics=dict(result.metrics) if result else {}, remedies=remedy_notes(callbacks), train_seconds=seconds)
+
+
+def fit_variant(name: str, make_module, loader, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,
+                train_x: Tensor, heldout_x: Tensor, run_dir: Path, *, truth: Optional[Tensor] = None,
+                use_remedies: bool = True):
+    """Trains one variant in ``run_dir/name``; returns (module, callbacks, seconds)."""
+    pl.seed_everything(train.seed, workers=True, verbose=False)
+    variant_dir = run_dir / name
+    callbacks = make_callbacks(monitor, remedies, train_x, heldout_x, variant_dir, truth=truth,
+                               use_remedies=use_remedies)
+    module = make_module()
+    trainer = make_trainer(train, callbacks, variant_dir)
+    start = time.perf_counter()
+    trainer.fit(module, loader, ckpt_path=train.resume)
+    return module, callbacks, time.perf_counter() - start, trainer
+
+
+def machine() -> str:
+    threads = torch.get_num_threads()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{platform.machine()} {os.cpu_count()} CPU cores ({threads} threads used), {gpu}, torch {torch.__version__}"
+
+
+def command() -> str:
+    return " ".join(["python", *sys.argv])
