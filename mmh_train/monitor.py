@@ -150,6 +150,10 @@ class MemorizationMonitor:
         if reference == "heldout" and heldout_data is None:
             raise ValueError("reference='heldout' needs heldout_data; pass held-out points or use reference='data'.")
         self.reference = ReferenceLID(reference, reference_options or {})
+        k = (reference_options or {}).get("k", 20)
+        if isinstance(reference, str) and reference == "data" and k >= n_train:
+            raise ValueError(f"reference='data' estimates LID* from k={k} neighbours but the training set has "
+                             f"{n_train} points; pass reference_options={{'k': {max(2, n_train // 3)}}} or more data.")
         generator = torch.Generator().manual_seed(seed)
         self.train_index = choose_probe_indices(n_train, n_train_probes or min(n_train, 128), generator,
                                                 name="n_train_probes")

@@ -56,6 +56,7 @@ class MonitorConfig:
     n_train_probes: Optional[int] = None
     n_heldout_probes: Optional[int] = None
     reference: str = "data"          # "data", "heldout", "truth" (toy data only) or "none"
+    reference_k: int = 20            # neighbours of the model-free LID* ("data") or held-out neighbours
     od_margin: float = 1.0
     relative: bool = False
     dd_threshold: float = 0.5
@@ -151,8 +152,10 @@ def make_callbacks(monitor: MonitorConfig, remedies: RemedyConfig, train_x: Tens
     if monitor.reference == "truth" and truth is None:
         raise ConfigError("monitor.reference='truth' needs data with known LID (the toy recipe); use 'data'.")
     options = {} if monitor.n_probes is None else {"n_probes": monitor.n_probes}
+    reference_options = {"k": monitor.reference_k} if monitor.reference in ("data", "heldout") else {}
     callbacks: list[pl.Callback] = [LIDMonitor(
         train_x, heldout_x, sigma=monitor.sigma, every_n_steps=monitor.every_n_steps, reference=reference,
+        reference_options=reference_options,
         n_train_probes=monitor.n_train_probes, n_heldout_probes=monitor.n_heldout_probes, estimator_options=options,
         label_options={"od_margin": monitor.od_margin, "relative": monitor.relative, "dd_threshold": monitor.dd_threshold},
         audit_path=run_dir / "mmh_audit.csv")]

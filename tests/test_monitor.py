@@ -123,6 +123,7 @@ def test_collapse_signal_needs_no_reference():
     ({"estimator": "lpca"}, ValueError, "estimator='lpca' is not known"),
     ({"reference": "heldout"}, ValueError, "needs heldout_data"),
     ({"reference": "truth"}, ValueError, "choose 'data', 'heldout'"),
+    ({"reference_options": {"k": 50}}, ValueError, "pass reference_options=\\{'k': 16\\}"),
 ])
 def test_bad_configuration(kwargs, error, match):
     with pytest.raises(error, match=match):
