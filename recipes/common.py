@@ -210,16 +210,21 @@ def remedy_notes(callbacks: list[pl.Callback]) -> dict[str, str]:
 
 def variant_result(name: str, module: Diffusion, callbacks: list[pl.Callback], train: TrainConfig,
                    train_x: Tensor, heldout_x: Tensor, seconds: float):
-    """Samples the trained model and gathers what the report shows for it."""
+    """Samples the trained model and gathers what the report shows for it (Lightning runs)."""
+    monitor_cb = next(cb for cb in callbacks if isinstance(cb, LIDMonitor))
+    return result_from_monitor(name, module.denoiser(), monitor_cb.monitor, monitor_cb.last_result,
+                               remedy_notes(callbacks), train, train_x, heldout_x, seconds)
+
+
+def result_from_monitor(name: str, denoiser: Any, monitor: mmh_train.MemorizationMonitor, result: Any,
+                        notes: dict[str, str], train: TrainConfig, train_x: Tensor, heldout_x: Tensor, seconds: float):
+    """Samples ``denoiser`` and packs the monitor's history, copies and quality for the report."""
     from mmh_train.report import VariantResult
 
-    monitor_cb = next(cb for cb in callbacks if isinstance(cb, LIDMonitor))
-    monitor = monitor_cb.monitor
     history = monitor.history_tensor()[:, 0, :]
     P = len(monitor.train_index)
-    result = monitor_cb.last_result
     # σ from 80 down to 0.02: inside the DDPM table's range [0.01, 157], and any range suits a flow.
-    generated = sample(module.denoiser(), (train.n_samples, *train_x.shape[1:]), steps=train.sample_steps,
+    generated = sample(denoiser, (train.n_samples, *train_x.shape[1:]), steps=train.sample_steps,
                        sigma_min=0.02, sigma_max=80.0, generator=torch.Generator().manual_seed(train.seed + 1))
     copies = mmh_train.detect_copies(generated, train_x)
     quality = {"sliced_wasserstein": sliced_wasserstein(generated, heldout_x),
@@ -230,7 +235,7 @@ def variant_result(name: str, module: Diffusion, callbacks: list[pl.Callback], t
         train_index=monitor.train_index, lid_ref=labels.lid_ref if labels else None,
         labels=labels.label if labels else None, od_gap=labels.od_gap if labels else None, samples=generated,
         copy_score=copies.score, copy_nearest=copies.nearest, copy_rate=copies.copy_rate, quality=quality,
-        metrics=dict(result.metrics) if result else {}, remedies=remedy_notes(callbacks), train_seconds=seconds)
+        metrics=dict(result.metrics) if result else {}, remedies=notes, train_seconds=seconds)
 
 
 def fit_variant(name: str, make_module, loader, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,
