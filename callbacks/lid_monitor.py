@@ -76,10 +76,11 @@ class LIDMonitor(Callback):
             return Path(self.audit_path)
         return Path(trainer.log_dir or trainer.default_root_dir) / "mmh_audit.csv"
 
-    def _after_check(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: CheckResult) -> None:
+    def _after_check(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: CheckResult, *,
+                     epoch_end: bool = False) -> None:
         self.last_result = result
-        for name, value in result.metrics.items():
-            pl_module.log(f"mmh/{name}", float(value), sync_dist=True, on_step=True, on_epoch=False)
+        for name, value in result.metrics.items():  # Lightning allows only epoch-level logs at epoch end
+            pl_module.log(f"mmh/{name}", float(value), sync_dist=True, on_step=not epoch_end, on_epoch=epoch_end)
         path = self._audit_file(trainer)
         if path is not None and trainer.is_global_zero:
             write_text_atomic(path, audit_csv(self.monitor, result, self.duplicate_groups))
@@ -96,7 +97,8 @@ class LIDMonitor(Callback):
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         step, epoch = trainer.global_step, trainer.current_epoch
         if self.monitor.should_check(step, epoch=epoch, epoch_end=True) and step not in self.monitor.steps:
-            self._after_check(trainer, pl_module, self.monitor.check(self._denoiser(pl_module), step, epoch=epoch))
+            self._after_check(trainer, pl_module, self.monitor.check(self._denoiser(pl_module), step, epoch=epoch),
+                              epoch_end=True)
 
     @override
     def state_dict(self) -> dict[str, Any]:

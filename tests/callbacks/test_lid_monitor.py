@@ -87,3 +87,13 @@ def test_early_stopping_argument_errors():
         MemorizationEarlyStopping("val_loss")
     with pytest.raises(ValueError, match="choose 'min' or 'max'"):
         MemorizationEarlyStopping(mode="down")
+
+
+def test_default_epoch_cadence_checks_and_logs_at_every_epoch_end(tmp_path):
+    sample = toy_data(64)
+    monitor = LIDMonitor(sample.x, sigma=0.1, audit_path=False)  # every_n_epochs=1 by default
+    t = trainer(tmp_path, 25, [monitor], logger=True)
+    run_model = ToyDiffusion()
+    t.fit(run_model, loader(sample))  # 10 batches per epoch; max_steps ends a partial third epoch at 25
+    assert monitor.monitor.steps == [10, 20, 25]
+    assert "mmh/lid_train" in t.callback_metrics
