@@ -101,12 +101,12 @@ class MemorizationLabels:
 
 def classify_memorization(lid_model: Tensor, lid_ref: Tensor, *, od_margin: float = 1.0,
                           relative: bool = False, dd_threshold: float = 0.5,
-                          dd_margin: float | None = None) -> MemorizationLabels:
+                          dd_margin: float | None = None, detect_dd: bool = True) -> MemorizationLabels:
     """Labels each point OD-Mem, DD-Mem or none by comparing LID_θ with LID* (science.md §1).
 
     The rule, point by point:
 
-    - DD (data-driven): ``lid_ref <= dd_threshold`` (LID* itself is small, e.g. exact duplicates read 0)
+    - DD (data-driven, only with ``detect_dd``): ``lid_ref <= dd_threshold`` (LID* itself is small, e.g. exact duplicates read 0)
       AND the model agrees: ``lid_model <= dd_threshold + od_margin`` (absolute) — the model also sees
       (nearly) a point. With ``relative=True`` the model's tolerance is ``dd_margin`` (default 1.0, one
       dimension) instead of the fractional ``od_margin``; ``dd_margin`` overrides it in either mode.
@@ -164,7 +164,7 @@ def classify_memorization(lid_model: Tensor, lid_ref: Tensor, *, od_margin: floa
                          f"NaN); check sigma / the model (a diverged network or a noise level of 0 gives NaN "
                          f"FLIPD) and the reference LID.")
 
-    is_dd = measured & (ref <= dd_threshold) & (model <= dd_threshold + dd_margin)
+    is_dd = measured & (ref <= dd_threshold) & (model <= dd_threshold + dd_margin) & detect_dd
     if relative:
         below = model < (1.0 - od_margin) * ref
         od_gap = (ref - model) / ref.abs().clamp(min=1.0)

@@ -278,7 +278,9 @@ class MemorizationMonitor:
         latest = _latest(primary)
         lid_train, lid_heldout = latest[:P], latest[P:]
         reference = self.reference.for_probes(self, latest=latest)
-        labels = classify_memorization(lid_train, reference, **self.label_options) if reference is not None else None
+        # Held-out neighbours are never duplicates of a training point: that reference cannot show DD-Mem.
+        options = {"detect_dd": self.reference.kind != "heldout", **self.label_options}
+        labels = classify_memorization(lid_train, reference, **options) if reference is not None else None
         collapse = collapse_score(primary[:, :P], early_checks=self.early_checks)
         # A metric is absent (not NaN) where it does not apply or is not available yet, so that NaN keeps
         # meaning "the model produced NaN" for check_finite-style stopping.

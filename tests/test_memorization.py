@@ -216,3 +216,8 @@ def test_collapse_bad_inputs(history, kwargs, error, match):
 def test_collapsed_bad_threshold(threshold):
     with pytest.raises(ValueError, match="threshold must be a finite number"):
         collapsed(torch.ones(3, 2), threshold=threshold)
+
+
+def test_detect_dd_false_never_labels_dd():
+    labels = classify_memorization(torch.tensor([0.0, 0.0, 1.0]), torch.tensor([0.0, 3.0, 3.0]), detect_dd=False)
+    assert labels.label.tolist() == [NONE, OD, OD]

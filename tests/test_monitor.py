@@ -134,3 +134,14 @@ def test_every_probe_nan_is_a_clear_error():
     monitor = MemorizationMonitor(make_data(20), n_train_probes=5, sigma=0.1, reference=torch.full((20,), 3.0))
     with pytest.raises(ValueError, match="every probe is NaN"):
         monitor.check(lambda x, s: x * float("nan"), step=1)
+
+
+def test_heldout_reference_compares_with_held_out_neighbours_and_never_says_dd():
+    train, held = make_data(40), make_data(40, seed=5)
+    atoms = torch.tensor([0, 1, 2])
+    monitor = MemorizationMonitor(train, held, n_train_probes=40, n_heldout_probes=40, sigma=0.05,
+                                  reference="heldout", reference_options={"k": 3})
+    result = monitor.check(PartialMemorizer(train[atoms]), step=1)
+    assert not (result.labels.label == DD).any()
+    assert set(result.train_index[result.labels.label == OD].tolist()) == set(atoms.tolist())
+    assert result.labels.lid_ref.sub(3.0).abs().max() < 0.5  # held-out neighbours read the manifold's k = 3

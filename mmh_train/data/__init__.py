@@ -9,6 +9,7 @@
 
 from .digits import NUM_DIGITS, DigitsData, DigitsDataset, load_digits
 from .duplicates import DuplicatedData, inject_duplicates, inject_duplicates_in_sample
+from .folder import ImageFolderData, ImageFolderDataset, find_image_files, load_image_folder
 from .indexed import IndexedDataset, check_indices
 from .toy import (
     AffineMixtureSpec,
@@ -37,4 +38,5 @@ __all__ = [
     "NUM_DIGITS",
     "IndexedDataset",
     "check_indices",
+    "ImageFolderData", "ImageFolderDataset", "find_image_files", "load_image_folder",
 ]
