@@ -107,7 +107,7 @@ def make_callbacks(sample, tmp_path):
 
 
 def test_early_stopping_on_a_metric_the_monitor_cannot_produce(tmp_path):
-    sample = toy_data(16)
+    sample = toy_data(32)
     for metric, options, match in (("mmh/lid_gap", {}, "no held-out data"),
                                    ("mmh/od_fraction", {"reference": None}, "no reference LID")):
         callbacks = [LIDMonitor(sample.x, sigma=0.1, audit_path=False, **options), MemorizationEarlyStopping(metric)]
