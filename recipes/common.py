@@ -253,6 +253,37 @@ def fit_variant(name: str, make_module, loader, monitor: MonitorConfig, remedies
     return module, callbacks, time.perf_counter() - start, trainer
 
 
+@dataclass
+class Run:
+    """One trained variant: its name, module, callbacks, training seconds and trainer."""
+
+    name: str
+    module: Diffusion
+    callbacks: list
+    seconds: float
+    trainer: pl.Trainer
+
+
+def train_variants(make_module, loader, *, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,
+                   train_x: Tensor, heldout_x: Tensor, run_dir: Path, truth: Optional[Tensor] = None) -> list[Run]:
+    """A baseline without remedies (when remedies are on and ``compare``), then the main variant."""
+    common = dict(monitor=monitor, remedies=remedies, train=train, train_x=train_x, heldout_x=heldout_x,
+                  run_dir=run_dir, truth=truth)
+    runs = []
+    if any_remedy(remedies) and remedies.compare:
+        runs.append(Run("baseline", *fit_variant("baseline", make_module, loader, use_remedies=False, **common)))
+    name = "remedied" if any_remedy(remedies) else "model"
+    runs.append(Run(name, *fit_variant(name, make_module, loader, **common)))
+    return runs
+
+
+def config_dict(config: object) -> dict:
+    """A config dataclass as a plain dict (for the report)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(OmegaConf.structured(config))
+
+
 def machine() -> str:
     threads = torch.get_num_threads()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"

@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 import mmh_train
-from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, any_remedy, command, fit_variant, machine,
+from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, command, config_dict, machine, train_variants,
                     validate, variant_result)
 from mmh_train.config import ConfigError, load_config, save_config
 from mmh_train.data import DigitsDataset, load_digits
@@ -98,27 +98,22 @@ def main(argv: list[str] | None = None) -> int:
         return Diffusion(net, objective=cfg.train.objective, lr=cfg.train.lr, max_timestep=cfg.train.max_timestep,
                          num_classes=num_classes)
 
-    common = dict(monitor=cfg.monitor, remedies=cfg.remedies, train=cfg.train, train_x=train.images,
-                  heldout_x=heldout, run_dir=run_dir)
-    runs = []
-    if any_remedy(cfg.remedies) and cfg.remedies.compare:
-        runs.append(("baseline", *fit_variant("baseline", make_module, loader, use_remedies=False, **common)))
-    name = "remedied" if any_remedy(cfg.remedies) else "model"
-    runs.append((name, *fit_variant(name, make_module, loader, **common)))
-    if not runs[-1][4].is_global_zero:
+    runs = train_variants(make_module, loader, monitor=cfg.monitor, remedies=cfg.remedies, train=cfg.train,
+                          train_x=train.images, heldout_x=heldout, run_dir=run_dir)
+    if not runs[-1].trainer.is_global_zero:
         return 0
 
     features = DigitsFeatures.trained(cfg.data.size, seed=cfg.train.seed)
     variants = []
-    for n, module, callbacks, seconds, _ in runs:
-        result = variant_result(n, module, callbacks, cfg.train, train.images, heldout, seconds)
+    for run in runs:
+        result = variant_result(run.name, run.module, run.callbacks, cfg.train, train.images, heldout, run.seconds)
         with torch.no_grad():
             distance = sliced_wasserstein(features(result.samples), features(heldout))
         result.quality["feature_distance"] = distance
         if num_classes:
-            result.metrics.update(conditional_lid(module, callbacks, train, cfg.monitor.sigma))
+            result.metrics.update(conditional_lid(run.module, run.callbacks, train, cfg.monitor.sigma))
         variants.append(result)
-    record = RunRecord(recipe="digits", kind="images", config=_as_dict(cfg), train_x=train.images, heldout_x=heldout,
+    record = RunRecord(recipe="digits", kind="images", config=config_dict(cfg), train_x=train.images, heldout_x=heldout,
                        variants=variants, duplicated=duplicated if duplicated.any() else None, machine=machine(),
                        command=command(), audit_csv=f"{variants[-1].name}/mmh_audit.csv")
     report = write_report(run_dir, record)
@@ -136,12 +131,6 @@ def conditional_lid(module: Diffusion, callbacks, train: DigitsData, sigma: floa
     conditional = mmh_train.flipd(module.denoiser(class_labels=c), x, sigma, n_probes=8,
                                   generator=torch.Generator().manual_seed(0))
     return {"lid_unconditional": float(unconditional.mean()), "lid_conditional": float(conditional.mean())}
-
-
-def _as_dict(cfg: DigitsConfig) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.structured(cfg))
 
 
 if __name__ == "__main__":

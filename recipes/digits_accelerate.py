@@ -24,7 +24,7 @@ from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader
 
 import mmh_train
-from common import MonitorConfig, RemedyConfig, TrainConfig, command, machine, result_from_monitor
+from common import MonitorConfig, RemedyConfig, TrainConfig, command, config_dict, machine, result_from_monitor
 from digits import DataConfig, ModelConfig, split_digits
 from mmh_train.audit import audit_csv
 from mmh_train.config import ConfigError, load_config, save_config
@@ -153,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         notes["reweighting"] = f"{int(groups.duplicated.sum())} duplicated points in weighted groups"
     variant = result_from_monitor("model", denoiser(), monitor, guard.last_result, notes, cfg.train, train.images,
                                   heldout, seconds)
-    from omegaconf import OmegaConf
-
-    record = RunRecord(recipe="digits_accelerate", kind="images", config=OmegaConf.to_container(OmegaConf.structured(cfg)),
+    record = RunRecord(recipe="digits_accelerate", kind="images", config=config_dict(cfg),
                        train_x=train.images, heldout_x=heldout, variants=[variant],
                        duplicated=duplicated if duplicated.any() else None, machine=machine(), command=command(),
                        audit_csv="model/mmh_audit.csv")

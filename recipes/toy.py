@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, any_remedy, command, fit_variant, machine,
+from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, command, config_dict, machine, train_variants,
                     validate, variant_result)
 from mmh_train.config import ConfigError, load_config, save_config
 from mmh_train.data import ToyDataset, affine_mixture, inject_duplicates_in_sample
@@ -83,32 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         return Diffusion(net, objective=cfg.train.objective, lr=cfg.train.lr, max_timestep=cfg.train.max_timestep)
 
     # ------------------------------------------------------------ training: baseline and remedied
-    common = dict(monitor=cfg.monitor, remedies=cfg.remedies, train=cfg.train, train_x=train.x, heldout_x=heldout,
-                  run_dir=run_dir, truth=train.lid.float())
-    runs = []
-    if any_remedy(cfg.remedies) and cfg.remedies.compare:
-        runs.append(("baseline", *fit_variant("baseline", make_module, loader, use_remedies=False, **common)))
-    name = "remedied" if any_remedy(cfg.remedies) else "model"
-    runs.append((name, *fit_variant(name, make_module, loader, **common)))
+    runs = train_variants(make_module, loader, monitor=cfg.monitor, remedies=cfg.remedies, train=cfg.train,
+                          train_x=train.x, heldout_x=heldout, run_dir=run_dir, truth=train.lid.float())
 
     # ------------------------------------------------------------ report (rank 0)
-    if not runs[-1][4].is_global_zero:
+    if not runs[-1].trainer.is_global_zero:
         return 0
-    variants = [variant_result(n, module, callbacks, cfg.train, train.x, heldout, seconds)
-                for n, module, callbacks, seconds, _ in runs]
-    record = RunRecord(recipe="toy", kind="vectors", config=_as_dict(cfg), train_x=train.x, heldout_x=heldout,
+    variants = [variant_result(r.name, r.module, r.callbacks, cfg.train, train.x, heldout, r.seconds) for r in runs]
+    record = RunRecord(recipe="toy", kind="vectors", config=config_dict(cfg), train_x=train.x, heldout_x=heldout,
                        variants=variants, duplicated=dup.duplicated, machine=machine(), command=command(),
                        audit_csv=f"{variants[-1].name}/mmh_audit.csv")
     report = write_report(run_dir, record)
     print(summary_text(record))
     print(f"\nreport: {report}")
     return 0
-
-
-def _as_dict(cfg: ToyConfig) -> dict:
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(OmegaConf.structured(cfg))
 
 
 if __name__ == "__main__":
