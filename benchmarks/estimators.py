@@ -351,6 +351,8 @@ def format_table(rows: list[dict], ratios: list[dict], diagnostics: list[dict], 
     lines += [head, "-" * len(head)]
     for r in rows:
         path = {None: "", True: "looped", False: "vmapped"}[r["products_looped"]]
+        if r["products_per_point"] == "1" and r["products_looped"] is not None:
+            path = "single product, no vmap"  # the engine skips vmap for one tangent
         lines.append(f"{r['model']:<11}{r['label']:<27}{r['batch']:>4}{r['products_per_point']:>13}{r['repeats']:>3}"
                      f"{1e3 * r['median_s_per_point']:>14.4g}{1e3 * r['min_s_per_point']:>12.4g}  {path}")
     lines.append("")
