@@ -34,9 +34,11 @@ def make_folder(folder: Path, n: int = 12, size: int = 32, seed: int = 0) -> Pat
 
 
 def test_images_end_to_end(tmp_path, capsys):
+    """A baseline and a remedied model (early stopping) on 10 training and 2 held-out images."""
     folder = make_folder(tmp_path / "pics")
     run_dir = tmp_path / "run"
-    assert images.main([f"out_dir={run_dir}", f"data.folder={folder}", *TINY_IMAGES]) == 0
+    assert images.main([f"out_dir={run_dir}", f"data.folder={folder}", *TINY_IMAGES,
+                        "remedies.early_stopping=true"]) == 0
     for name in REPORT_FILES:
         assert (run_dir / name).stat().st_size > 0, name
     for variant in ("baseline", "remedied"):
@@ -84,7 +86,7 @@ def test_unreadable_image_fails_before_training(tmp_path, capsys):
     (["data.size=30", "model.channels=[8,16,16]"], "divisible by 4"),
     (["data.channels=2"], "choose 3 (RGB) or 1"),
     (["data.heldout_fraction=1.0"], "strictly between 0 and 1"),
-    (["monitor.reference_k=20"], "pass monitor.reference_k=5"),   # 8 images → 6 training; names the fix
+    (["monitor.reference=data", "monitor.reference_k=20"], "pass monitor.reference_k=5"),  # 6 training images
     (["monitor.reference=truth"], "known LID"),
     (["monitor.n_train_probes=9"], "must lie in [1, 6]"),
     (["model.channels=[8,12]"], "multiple of 8"),
@@ -94,6 +96,14 @@ def test_unreadable_image_fails_before_training(tmp_path, capsys):
 def test_bad_configs_fail_before_training(tmp_path, capsys, argv, message):
     folder = make_folder(tmp_path / "pics", n=8)
     assert message in no_run(tmp_path, capsys, [f"data.folder={folder}", *argv])
+
+
+def test_monitor_only_by_default_with_the_data_reference(tmp_path):
+    folder = make_folder(tmp_path / "pics")
+    assert images.main([f"out_dir={tmp_path / 'run'}", f"data.folder={folder}", *TINY_IMAGES,
+                        "monitor.reference=data", "train.steps=3"]) == 0
+    assert (tmp_path / "run" / "model" / "mmh_audit.csv").stat().st_size > 0
+    assert not (tmp_path / "run" / "baseline").exists()
 
 
 def test_too_few_images(tmp_path, capsys):
