@@ -318,8 +318,9 @@ def _image_grid(record: RunRecord, copy_threshold: float, n_cols: int) -> Figure
             continue
         p = int(positions[j])
         index = int(first.train_index[p])
-        ref = f" {LID_STAR} {float(first.lid_ref[p]):.1f}" if first.lid_ref is not None else ""
-        _show(ax, record.train_x[index], f"#{index}\n{LID_THETA} {float(lid[p]):.1f}{ref}")
+        # one value per line, 3 significant digits: wide values (-1165) must not run into the next caption
+        ref = f"\n{LID_STAR} {float(first.lid_ref[p]):.3g}" if first.lid_ref is not None else ""
+        _show(ax, record.train_x[index], f"#{index}\n{LID_THETA} {float(lid[p]):.3g}{ref}")
     how = "highest od_gap" if ranking == "od_gap" else f"lowest {LID_THETA}"
     head = f"Most memorized training images of '{first.name}' ({how}): training index, {LID_THETA} and {LID_STAR}"
     if len(positions) == 0:
