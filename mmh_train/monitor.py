@@ -108,6 +108,8 @@ class MemorizationMonitor:
             FLIPD defaults to the exact trace up to 64 dimensions and one Rademacher probe above.
         max_probes_per_check: budget in probe points; probes are measured in rotation when over it.
         max_seconds_per_check: budget in seconds, converted to points with the speed of earlier checks.
+        max_fraction_of_training: budget as a fraction of the training time since the previous check
+            (0.03: checks may cost 3% of training), converted to points likewise; averaged over ranks.
         reference: LID* per training probe: ``"data"`` (model-free ``reference_lid`` over the training set,
             computed once), a tensor ``[N]`` of known LID per dataset index, ``"heldout"`` (the model's own
             LID on each probe's nearest held-out probes), or ``None`` (no labels; collapse only).
@@ -126,7 +128,8 @@ class MemorizationMonitor:
                  sigma: float | Sequence[float] = 0.17, every_n_steps: int | None = None,
                  every_n_epochs: int | None = None, estimator: str | Estimator = "flipd",
                  estimator_options: dict[str, Any] | None = None, max_probes_per_check: int | None = None,
-                 max_seconds_per_check: float | None = None, reference: str | Tensor | None = "data",
+                 max_seconds_per_check: float | None = None, max_fraction_of_training: float | None = None,
+                 reference: str | Tensor | None = "data",
                  reference_options: dict[str, Any] | None = None, label_options: dict[str, Any] | None = None,
                  early_checks: int = 2, batch_size: int = 128, seed: int = 0, input_fn: InputFn | None = None,
                  distributed: DistributedOps | None = None) -> None:
@@ -143,6 +146,9 @@ class MemorizationMonitor:
         check_positive_int(early_checks, "early_checks")
         if max_seconds_per_check is not None and not (max_seconds_per_check > 0 and math.isfinite(max_seconds_per_check)):
             raise ValueError(f"max_seconds_per_check must be a finite number of seconds > 0; got {max_seconds_per_check!r}.")
+        if max_fraction_of_training is not None and not 0 < max_fraction_of_training <= 1:
+            raise ValueError(f"max_fraction_of_training must lie in (0, 1] (0.03 means 3% of training time); got "
+                             f"{max_fraction_of_training!r}.")
         if isinstance(estimator, str) and estimator not in ESTIMATORS:
             raise ValueError(f"estimator={estimator!r} is not known; choose one of {sorted(ESTIMATORS)} or pass a callable.")
         if not isinstance(estimator, str) and not callable(estimator):
@@ -169,6 +175,8 @@ class MemorizationMonitor:
         if self.estimator is flipd:  # a monitor runs all training long: exact traces only for small inputs
             self.estimator_options.setdefault("exact_max_dim", MONITOR_EXACT_MAX_DIM)
         self.max_probes_per_check, self.max_seconds_per_check = max_probes_per_check, max_seconds_per_check
+        self.max_fraction_of_training = max_fraction_of_training
+        self._last_check_end: float | None = None
         self.label_options = dict(label_options or {})
         self.distributed = distributed
         self.order = interleave(len(self.train_index), len(self.heldout_index))
@@ -209,11 +217,19 @@ class MemorizationMonitor:
         return self._points
 
     def _budget(self) -> int:
+        """Probe points this check may measure: identical on every rank."""
         budget = min(self.n_probes, self.max_probes_per_check or self.n_probes)
+        if self.max_seconds_per_check is None and self.max_fraction_of_training is None:
+            return budget
+        if self.seconds_per_point is None:  # first check: calibrate the speed on one batch per rank
+            return min(budget, self.batch_size * self._ops().world_size)
         if self.max_seconds_per_check is not None:
-            if self.seconds_per_point is None:  # first check: calibrate on one batch per rank
-                return min(budget, self.batch_size * self._ops().world_size)
             budget = min(budget, max(1, int(self.max_seconds_per_check / self.seconds_per_point)))
+        if self.max_fraction_of_training is not None and self._last_check_end is not None:
+            ops = self._ops()
+            trained = time.perf_counter() - self._last_check_end  # training time since the last check
+            trained = float(ops.all_reduce_sum(torch.tensor([trained], dtype=torch.float64))) / ops.world_size
+            budget = min(budget, max(1, int(self.max_fraction_of_training * trained / self.seconds_per_point)))
         return budget
 
     def _ops(self) -> DistributedOps:
@@ -256,7 +272,8 @@ class MemorizationMonitor:
         self.history.append(values.float())
         self.steps.append(int(step))
         self.epochs.append(int(epoch) if epoch is not None else -1)
-        return self.result(n_measured=count, seconds=time.perf_counter() - start)
+        self._last_check_end = time.perf_counter()
+        return self.result(n_measured=count, seconds=self._last_check_end - start)
 
     # ------------------------------------------------------------------ reading the history
     def history_tensor(self) -> Tensor:

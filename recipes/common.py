@@ -6,6 +6,7 @@ them short. It is recipe code, not library API: copy and adapt it.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import platform
 import sys
@@ -81,6 +82,9 @@ def validate(train: TrainConfig, monitor: MonitorConfig, remedies: RemedyConfig)
         raise ConfigError(f"train.objective={train.objective!r}; choose one of {OBJECTIVES}.")
     if train.logger not in ("csv", "tensorboard", "none"):
         raise ConfigError(f"train.logger={train.logger!r}; choose 'csv', 'tensorboard' or 'none'.")
+    if train.logger == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
+        raise ConfigError("train.logger='tensorboard' needs the tensorboard package: pip install tensorboard "
+                          "(or use train.logger=csv).")
     if monitor.reference not in ("data", "heldout", "truth", "none"):
         raise ConfigError(f"monitor.reference={monitor.reference!r}; choose 'data', 'heldout', 'truth' or 'none'.")
     for name, value in (("train.steps", train.steps), ("train.batch_size", train.batch_size),

@@ -1,6 +1,7 @@
 """The framework-free monitor on analytic models whose memorized points are known."""
 
 import math
+import time
 
 import pytest
 import torch
@@ -145,3 +146,14 @@ def test_heldout_reference_compares_with_held_out_neighbours_and_never_says_dd()
     assert not (result.labels.label == DD).any()
     assert set(result.train_index[result.labels.label == OD].tolist()) == set(atoms.tolist())
     assert result.labels.lid_ref.sub(3.0).abs().max() < 0.5  # held-out neighbours read the manifold's k = 3
+
+
+def test_fraction_of_training_budget_converts_training_time_into_probe_points():
+    monitor = MemorizationMonitor(make_data(60), n_train_probes=40, sigma=0.1, reference=None, batch_size=5,
+                                  max_fraction_of_training=0.1)
+    assert monitor.check(PIECE.denoiser, step=1).n_measured == 5  # first check: one calibration batch
+    monitor.seconds_per_point = 0.01  # as if measured
+    monitor._last_check_end = time.perf_counter() - 1.0  # as if one second of training had passed
+    assert 10 <= monitor.check(PIECE.denoiser, step=2).n_measured <= 12  # 10% of 1 s at 10 ms a point
+    with pytest.raises(ValueError, match="max_fraction_of_training must lie in"):
+        MemorizationMonitor(make_data(60), sigma=0.1, max_fraction_of_training=0.0)

@@ -72,6 +72,15 @@ def test_bad_toy_configs_fail_before_training(tmp_path, capsys, argv, message):
     assert not (tmp_path / "run").exists()  # nothing written
 
 
+def test_tensorboard_logger_without_tensorboard_fails_before_training(tmp_path, capsys):
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX"):
+        pytest.skip("tensorboard is installed here")
+    assert toy.main([f"out_dir={tmp_path / 'run'}", "train.logger=tensorboard"]) == 2
+    assert "pip install tensorboard" in capsys.readouterr().err
+
+
 def test_toy_runs_as_two_processes_under_accelerate_launch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
