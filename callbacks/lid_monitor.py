@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override

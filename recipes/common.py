@@ -11,7 +11,7 @@ import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -286,6 +286,30 @@ def config_dict(config: object) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(OmegaConf.structured(config))
+
+
+def start_run(config: Any) -> Path:
+    """Creates ``config.out_dir`` and saves the resolved configuration in it."""
+    from mmh_train.config import save_config
+
+    run_dir = Path(config.out_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(config, run_dir / "config.yaml")
+    return run_dir
+
+
+def write_run_report(run_dir: Path, config: Any, *, recipe: str, kind: str, train_x: Tensor, heldout_x: Tensor,
+                     variants: list, duplicated: Optional[Tensor] = None) -> int:
+    """Writes the report of a finished run, prints its summary, and returns the exit code 0."""
+    from mmh_train.report import RunRecord, summary_text, write_report
+
+    record = RunRecord(recipe=recipe, kind=kind, config=config_dict(config), train_x=train_x, heldout_x=heldout_x,
+                       variants=variants, duplicated=duplicated if duplicated is not None and duplicated.any() else None,
+                       machine=machine(), command=command(), audit_csv=f"{variants[-1].name}/mmh_audit.csv")
+    report = write_report(run_dir, record)
+    print(summary_text(record))
+    print(f"\nreport: {report}")
+    return 0
 
 
 def machine() -> str:

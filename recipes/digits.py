@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
 import mmh_train
-from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, command, config_dict, machine, train_variants,
-                    validate, variant_result)
-from mmh_train.config import ConfigError, load_config, save_config
+from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, start_run, train_variants, validate,
+                    variant_result, write_run_report)
+from mmh_train.config import ConfigError, load_config
 from mmh_train.data import DigitsDataset, load_digits
 from mmh_train.data.digits import DigitsData
 from mmh_train.models import small_unet
 from mmh_train.quality import DigitsFeatures, sliced_wasserstein
-from mmh_train.report import RunRecord, summary_text, write_report
 
 
 @dataclass
@@ -84,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    run_dir = start_run(cfg)
 
     train, heldout, duplicated = split_digits(cfg)
     loader = DataLoader(DigitsDataset(train), batch_size=cfg.train.batch_size, shuffle=True)
@@ -113,13 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         if num_classes:
             result.metrics.update(conditional_lid(run.module, run.callbacks, train, cfg.monitor.sigma))
         variants.append(result)
-    record = RunRecord(recipe="digits", kind="images", config=config_dict(cfg), train_x=train.images, heldout_x=heldout,
-                       variants=variants, duplicated=duplicated if duplicated.any() else None, machine=machine(),
-                       command=command(), audit_csv=f"{variants[-1].name}/mmh_audit.csv")
-    report = write_report(run_dir, record)
-    print(summary_text(record))
-    print(f"\nreport: {report}")
-    return 0
+    return write_run_report(run_dir, cfg, recipe="digits", kind="images", train_x=train.images, heldout_x=heldout,
+                            variants=variants, duplicated=duplicated)
 
 
 def conditional_lid(module: Diffusion, callbacks, train: DigitsData, sigma: float) -> dict[str, float]:

@@ -24,15 +24,14 @@ from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader
 
 import mmh_train
-from common import MonitorConfig, RemedyConfig, TrainConfig, command, config_dict, machine, result_from_monitor
+from common import MonitorConfig, RemedyConfig, TrainConfig, result_from_monitor, start_run, write_run_report
 from digits import DataConfig, ModelConfig, split_digits
 from mmh_train.audit import audit_csv
-from mmh_train.config import ConfigError, load_config, save_config
+from mmh_train.config import ConfigError, load_config
 from mmh_train.data import DigitsDataset
 from mmh_train.io import write_text_atomic
 from mmh_train.models import small_unet
 from mmh_train.remedies import AdaptiveDuplicateWeights, PenaltySchedule, find_duplicate_groups
-from mmh_train.report import RunRecord, summary_text, write_report
 
 
 @dataclass
@@ -79,8 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     set_seed(cfg.train.seed)
     if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run_dir / "config.yaml")
+        start_run(cfg)
 
     # ------------------------------------------------------------ data, model, optimizer
     train, heldout, duplicated = split_digits(cfg)
@@ -153,14 +151,8 @@ def main(argv: list[str] | None = None) -> int:
         notes["reweighting"] = f"{int(groups.duplicated.sum())} duplicated points in weighted groups"
     variant = result_from_monitor("model", denoiser(), monitor, guard.last_result, notes, cfg.train, train.images,
                                   heldout, seconds)
-    record = RunRecord(recipe="digits_accelerate", kind="images", config=config_dict(cfg),
-                       train_x=train.images, heldout_x=heldout, variants=[variant],
-                       duplicated=duplicated if duplicated.any() else None, machine=machine(), command=command(),
-                       audit_csv="model/mmh_audit.csv")
-    report = write_report(run_dir, record)
-    print(summary_text(record))
-    print(f"\nreport: {report}")
-    return 0
+    return write_run_report(run_dir, cfg, recipe="digits_accelerate", kind="images", train_x=train.images,
+                            heldout_x=heldout, variants=[variant], duplicated=duplicated)
 
 
 if __name__ == "__main__":

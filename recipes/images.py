@@ -24,20 +24,18 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Optional
 
 import torch
 from torch.utils.data import DataLoader
 
-from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, command, config_dict, machine, train_variants,
-                    validate, variant_result)
-from mmh_train.config import ConfigError, load_config, save_config
+from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, start_run, train_variants, validate,
+                    variant_result, write_run_report)
+from mmh_train.config import ConfigError, load_config
 from mmh_train.data import ImageFolderDataset, find_image_files, load_image_folder
 from mmh_train.data.folder import ImageFolderData
 from mmh_train.io import write_text_atomic
 from mmh_train.models import small_unet
-from mmh_train.report import RunRecord, summary_text, write_report
 
 
 @dataclass
@@ -137,9 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     train, heldout = split_images(everything, n_heldout, cfg.train.seed)
 
-    run_dir = Path(cfg.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    run_dir = start_run(cfg)
     write_text_atomic(run_dir / "files.csv", files_csv(train, heldout))
     print(f"{cfg.data.folder}: {len(train)} training and {len(heldout)} held-out images, "
           f"{cfg.data.channels}×{cfg.data.size}×{cfg.data.size}")
@@ -158,13 +154,9 @@ def main(argv: list[str] | None = None) -> int:
 
     variants = [variant_result(run.name, run.module, run.callbacks, cfg.train, train.images, heldout.images,
                                run.seconds) for run in runs]
-    record = RunRecord(recipe="images", kind="images", config=config_dict(cfg), train_x=train.images,
-                       heldout_x=heldout.images, variants=variants, duplicated=None, machine=machine(),
-                       command=command(), audit_csv=f"{variants[-1].name}/mmh_audit.csv")
-    report = write_report(run_dir, record)
-    print(summary_text(record))
-    print(f"\nreport: {report}  (training index → file: {run_dir / 'files.csv'})")
-    return 0
+    print(f"training index → file: {run_dir / 'files.csv'}")
+    return write_run_report(run_dir, cfg, recipe="images", kind="images", train_x=train.images,
+                            heldout_x=heldout.images, variants=variants)
 
 
 def files_csv(train: ImageFolderData, heldout: ImageFolderData) -> str:

@@ -14,17 +14,15 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
 
-from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, command, config_dict, machine, train_variants,
-                    validate, variant_result)
-from mmh_train.config import ConfigError, load_config, save_config
+from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, start_run, train_variants, validate,
+                    variant_result, write_run_report)
+from mmh_train.config import ConfigError, load_config
 from mmh_train.data import ToyDataset, affine_mixture, inject_duplicates_in_sample
 from mmh_train.models import TimeMLP
-from mmh_train.report import RunRecord, summary_text, write_report
 
 
 @dataclass
@@ -65,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    run_dir = Path(cfg.out_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
+    run_dir = start_run(cfg)
 
     # ------------------------------------------------------------ data with known LID and duplicates
     g = torch.Generator().manual_seed(cfg.train.seed)
@@ -90,13 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if not runs[-1].trainer.is_global_zero:
         return 0
     variants = [variant_result(r.name, r.module, r.callbacks, cfg.train, train.x, heldout, r.seconds) for r in runs]
-    record = RunRecord(recipe="toy", kind="vectors", config=config_dict(cfg), train_x=train.x, heldout_x=heldout,
-                       variants=variants, duplicated=dup.duplicated, machine=machine(), command=command(),
-                       audit_csv=f"{variants[-1].name}/mmh_audit.csv")
-    report = write_report(run_dir, record)
-    print(summary_text(record))
-    print(f"\nreport: {report}")
-    return 0
+    return write_run_report(run_dir, cfg, recipe="toy", kind="vectors", train_x=train.x, heldout_x=heldout,
+                            variants=variants, duplicated=dup.duplicated)
 
 
 if __name__ == "__main__":

@@ -3,32 +3,13 @@
 No timing goal is asserted here: timings on shared CPUs are noise, and they never belong in tests.
 """
 
-import importlib.util
 import json
-import math
-import sys
-from pathlib import Path
 
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
-
-def load_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling _timing.py
-    spec = importlib.util.spec_from_file_location("benchmarks_estimators", BENCHMARKS / "estimators.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def finite_positive(value):
-    return isinstance(value, float) and math.isfinite(value) and value > 0
-
-
-def test_quick_run_writes_every_row_and_ratio(tmp_path, monkeypatch, capsys):
-    script = load_script(monkeypatch)
+def test_quick_run_writes_every_row_and_ratio(tmp_path, monkeypatch, capsys, load_benchmark, is_finite_positive):
+    script = load_benchmark("estimators")
     out = tmp_path / "estimators.json"
     rng_before = torch.get_rng_state()
     script.main(["--quick", "--device", "cpu", "--out", str(out)])
@@ -58,7 +39,7 @@ def test_quick_run_writes_every_row_and_ratio(tmp_path, monkeypatch, capsys):
         assert row["device"] == "cpu"
         assert row["batch"] >= 1 and row["repeats"] >= 1 and len(row["times_s"]) == row["repeats"]
         for key in ("median_s_per_point", "min_s_per_point", "median_s_per_call", "min_s_per_call"):
-            assert finite_positive(row[key]), (row["model"], row["estimator"], key, row[key])
+            assert is_finite_positive(row[key]), (row["model"], row["estimator"], key, row[key])
         assert row["min_s_per_point"] <= row["median_s_per_point"]
 
     ratios = {(q["model"], q["ratio"]): q for q in result["ratios"]}
@@ -68,15 +49,15 @@ def test_quick_run_writes_every_row_and_ratio(tmp_path, monkeypatch, capsys):
             assert (model, name) in ratios, (model, name)
     assert ("mlp-d8", "forward_mode_over_reverse_mode") in ratios
     for q in ratios.values():
-        assert finite_positive(q["median"]) and finite_positive(q["min"]), q
+        assert is_finite_positive(q["median"]) and is_finite_positive(q["min"]), q
     for name in ("flipd1_over_forward", "normal_bundle_over_flipd1"):  # goals are reported, not asserted
         assert isinstance(ratios[("mlp-d8", name)]["meets_goal_median"], bool)
 
     (diag,) = result["diagnostics"]
-    assert diag["model"] == "mlp-d8" and finite_positive(diag["flipd1_over_forward_median"])
+    assert diag["model"] == "mlp-d8" and is_finite_positive(diag["flipd1_over_forward_median"])
     (fixed,) = result["fixed_cost"]
     for key in ("forward", "vjp_by_hand", "flipd_1probe_reverse", "flipd_1probe_forward"):
-        assert finite_positive(fixed[f"{key}_median_s_per_call"]) and finite_positive(fixed[f"{key}_min_s_per_call"])
+        assert is_finite_positive(fixed[f"{key}_median_s_per_call"]) and is_finite_positive(fixed[f"{key}_min_s_per_call"])
 
     for text in ("command:", "seed", "median ms/pt", "FLIPD(1) / forward", "normal bundle / FLIPD(1)",
                  "GPU part skipped"):

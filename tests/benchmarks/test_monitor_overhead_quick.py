@@ -3,33 +3,15 @@
 No timing goal is asserted here: timings on shared CPUs are noise, and they never belong in tests.
 """
 
-import importlib.util
 import json
-import math
-import sys
-from pathlib import Path
 
 import torch
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 CONFIGS = {"plain", "monitor", "monitor_steps", "reweighting", "penalty", "early_stopping", "all"}
 
 
-def load_script(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))  # the script imports its sibling _timing.py
-    spec = importlib.util.spec_from_file_location("benchmarks_monitor_overhead", BENCHMARKS / "monitor_overhead.py")
-    module = importlib.util.module_from_spec(spec)
-    monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-def finite_positive(value):
-    return isinstance(value, float) and math.isfinite(value) and value > 0
-
-
-def test_quick_run_writes_every_configuration(tmp_path, monkeypatch, capsys):
-    script = load_script(monkeypatch)
+def test_quick_run_writes_every_configuration(tmp_path, monkeypatch, capsys, load_benchmark, is_finite_positive):
+    script = load_benchmark("monitor_overhead")
     out = tmp_path / "monitor_overhead.json"
     rng_before = torch.get_rng_state()
     script.main(["--quick", "--out", str(out)])
@@ -48,7 +30,7 @@ def test_quick_run_writes_every_configuration(tmp_path, monkeypatch, capsys):
     cfg = result["config"]
     assert cfg["repeats"] == 1
     assert result["data"]["n_train"] > cfg["n_train"] and result["data"]["n_duplicated"] > 0  # duplicates injected
-    assert finite_positive(result["plain_seconds_per_step_median"])
+    assert is_finite_positive(result["plain_seconds_per_step_median"])
 
     rows = {r["config"]: r for r in result["rows"]}
     assert set(rows) == CONFIGS and set(result["runs"]) == CONFIGS
@@ -56,19 +38,19 @@ def test_quick_run_writes_every_configuration(tmp_path, monkeypatch, capsys):
     for name, row in rows.items():
         assert row["repeats"] == 1 and len(row["times_s"]) == 1 and len(result["runs"][name]) == 1
         for key in ("median_s", "min_s", "median_over_plain", "min_over_plain", "paired_ratio_median"):
-            assert finite_positive(row[key]), (name, key, row[key])
+            assert is_finite_positive(row[key]), (name, key, row[key])
         assert row["min_s"] <= row["median_s"]
         assert row["steps"] == max_steps and row["stopped_early"] is False  # early stopping never triggers
         assert isinstance(row["same_weights_as_plain"], bool)
         if name == "plain":
             assert row["checks_per_run"] == 0 and row["median_over_plain"] == 1.0
             continue
-        assert finite_positive(row["callbacks_median_s"]) and "LIDMonitor" in row["hook_s_median"]
-        assert finite_positive(row["first_check_s_median"])
-        assert finite_positive(row["later_check_s_median"]) and finite_positive(row["later_estimator_s_median"])
-        assert finite_positive(row["later_log_and_audit_s_median"])
+        assert is_finite_positive(row["callbacks_median_s"]) and "LIDMonitor" in row["hook_s_median"]
+        assert is_finite_positive(row["first_check_s_median"])
+        assert is_finite_positive(row["later_check_s_median"]) and is_finite_positive(row["later_estimator_s_median"])
+        assert is_finite_positive(row["later_log_and_audit_s_median"])
         for run in result["runs"][name]:
-            assert run["checks"] and all(finite_positive(c["check_s"]) and c["n_measured"] > 0 for c in run["checks"])
+            assert run["checks"] and all(is_finite_positive(c["check_s"]) and c["n_measured"] > 0 for c in run["checks"])
     assert rows["monitor"]["checks_per_run"] == cfg["epochs"]  # default cadence: one check per epoch
     assert rows["monitor_steps"]["checks_per_run"] == max_steps // cfg["step_cadence"]
     for name, callback in (("reweighting", "DuplicateReweighting"), ("penalty", "LIDPenaltyController"),
@@ -79,7 +61,7 @@ def test_quick_run_writes_every_configuration(tmp_path, monkeypatch, capsys):
     goal = result["goal_monitor"]
     for key in ("median", "min", "paired", "hooks_over_plain", "later_check_with_audit_s",
                 "steps_between_checks_for_3_percent"):
-        assert finite_positive(goal[key]), key
+        assert is_finite_positive(goal[key]), key
     for key in ("met_median", "met_min", "met_hooks"):  # goals are reported, not asserted
         assert isinstance(goal[key], bool)
 

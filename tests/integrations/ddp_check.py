@@ -4,7 +4,6 @@ Writes OUT_DIR/rank{r}.json; tests/integrations/test_ddp.py asserts on them.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
