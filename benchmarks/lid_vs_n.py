@@ -100,17 +100,18 @@ def plot(runs: list[dict], path: Path) -> None:
 
     from mmh_train.io import write_bytes_atomic
 
-    fig = Figure(figsize=(11, 4.2), dpi=110)
+    fig = Figure(figsize=(12, 4.2), dpi=110)
     FigureCanvasAgg(fig)
     left, right = fig.subplots(1, 2)
     ns = [r["n"] for r in runs]
     left.plot(ns, [r["lid_train"] for r in runs], "o-", color="tab:red", label="training probes")
     left.plot(ns, [r["lid_heldout"] for r in runs], "s--", color="tab:blue", label="held-out probes")
     left.plot(ns, [r["true_lid_train_probes"] for r in runs], ":", color="black", label="true LID (mean)")
+    left.axhline(10, color="grey", lw=0.8, ls="-.", label="ambient dimension D = 10")
     left.set_xscale("log", base=2)
     left.set_xlabel("training-set size N")
     left.set_ylabel("mean FLIPD LID at the end of training")
-    left.set_title("OD-Mem grows as N falls")
+    left.set_title("LID at the end of training: OD-Mem grows as N falls")
     left.legend(frameon=False)
     cmap = matplotlib.colormaps["viridis"]
     for i, r in enumerate(runs):
@@ -121,7 +122,7 @@ def plot(runs: list[dict], path: Path) -> None:
     right.set_xlabel("training step")
     right.set_ylabel("mean FLIPD LID (solid: train, dashed: held-out)")
     right.set_title("LID over training")
-    right.legend(frameon=False, fontsize=7, ncol=2)
+    right.legend(frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
