@@ -22,6 +22,7 @@ from torch import Tensor
 from ..data.indexed import check_indices
 from ..distributed import DistributedOps, default_ops
 from ..monitor import CheckResult, MemorizationMonitor
+from ..parameterizations import as_denoiser
 from ..remedies import AdaptiveDuplicateWeights, PenaltySchedule, lid_penalty, weighted_loss
 from .stopping import MemorizationStopper
 
@@ -36,6 +37,9 @@ class MemorizationGuard:
         weights: duplicate-aware per-sample weights (adapted when the monitor labels DD).
         penalty: schedule of the LID penalty (its weight stays 0 until OD appears, unless always on).
         stopper: early stopping on one of the monitor's metrics.
+        restore_best_weights: with a stopper, keep a CPU copy of the networks' weights at the best check
+            (the first, on ties) and load it into them when the stopper stops training, like
+            :class:`~mmh_train.callbacks.MemorizationEarlyStopping`. Costs one copy of the weights in memory.
         penalty_sigma, penalty_probes, penalty_subset: FLIPD settings inside the penalty.
         seed: the penalty's probes come from a generator seeded with ``seed + rank``.
         distributed: collectives; default ``torch.distributed`` when initialized.
@@ -44,13 +48,18 @@ class MemorizationGuard:
     def __init__(self, monitor: MemorizationMonitor, *, weights: AdaptiveDuplicateWeights | None = None,
                  penalty: PenaltySchedule | None = None, stopper: MemorizationStopper | None = None,
                  penalty_sigma: float = 0.1, penalty_probes: int = 1, penalty_subset: int | None = 16, seed: int = 0,
-                 distributed: DistributedOps | None = None) -> None:
+                 distributed: DistributedOps | None = None, restore_best_weights: bool = False) -> None:
         if not isinstance(monitor, MemorizationMonitor):
             raise TypeError(f"monitor must be a mmh_train.MemorizationMonitor; got {type(monitor).__name__}.")
+        if restore_best_weights and stopper is None:
+            raise ValueError("restore_best_weights=True needs a stopper: pass stopper=MemorizationStopper(...).")
         self.monitor, self.weights, self.schedule, self.stopper = monitor, weights, penalty, stopper
         self.penalty_sigma, self.penalty_probes, self.penalty_subset = penalty_sigma, penalty_probes, penalty_subset
         self.seed, self.distributed = seed, distributed
         self.should_stop = False
+        self.restore_best_weights = restore_best_weights
+        self.best_weights: list[dict[str, Tensor]] | None = None  # per network of the denoiser, on CPU
+        self.restored_step: int | None = None
         self.last_result: CheckResult | None = None
         self._generator: torch.Generator | None = None
 
@@ -69,6 +78,15 @@ class MemorizationGuard:
             self.schedule.update(result)
         if self.stopper is not None and self.stopper.update(result.metrics, step, self._ops()):
             self.should_stop = True
+        if self.restore_best_weights:
+            networks = as_denoiser(denoiser).modules()
+            if self.stopper.improved:
+                self.best_weights = [{k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+                                     for net in networks]
+            if self.should_stop and self.best_weights is not None and self.restored_step is None:
+                for net, weights in zip(networks, self.best_weights):
+                    net.load_state_dict(weights)
+                self.restored_step = self.stopper.best_step
         return result
 
     def weighted_loss(self, per_sample_loss: Tensor, indices: Tensor | None) -> Tensor:
@@ -98,6 +116,8 @@ class MemorizationGuard:
             "penalty": self.schedule.state_dict() if self.schedule is not None else None,
             "stopper": self.stopper.state_dict() if self.stopper is not None else None,
             "should_stop": self.should_stop,
+            "best_weights": self.best_weights,
+            "restored_step": self.restored_step,
             "generator": self._generator.get_state() if self._generator is not None else None,
         }
 
@@ -107,6 +127,7 @@ class MemorizationGuard:
             if part is not None and state[key] is not None:
                 part.load_state_dict(state[key])
         self.should_stop = state["should_stop"]
+        self.best_weights, self.restored_step = state.get("best_weights"), state.get("restored_step")
         if state["generator"] is not None:
             self._generator = torch.Generator().manual_seed(0)
             self._generator.set_state(state["generator"])

@@ -44,6 +44,8 @@ class MemorizationStopper:
         self.wait_count = 0
         self.stopped_step: int | None = None
         self.reason: str | None = None
+        self.best_step: int | None = None  # the step of the best check so far (the first, on ties)
+        self.improved = False              # whether the last check improved on the best
 
     def _better(self, a: float, b: float) -> bool:
         return a < b if self.mode == "min" else a > b
@@ -57,6 +59,7 @@ class MemorizationStopper:
         if self.divergence_threshold is not None and self._better(self.divergence_threshold, value):
             return f"{self.monitor} = {value:.4g} diverged past {self.divergence_threshold}"
         improved = self._better(value + (self.min_delta if self.mode == "min" else -self.min_delta), self.best)
+        self.improved = improved
         if improved:
             self.best = value
         tolerated = self.tolerance is not None and not self._better(self.tolerance, value)
@@ -76,9 +79,12 @@ class MemorizationStopper:
             step: the training step of the check.
             distributed: a :class:`~mmh_train.distributed.DistributedOps` to OR the decision over ranks.
         """
+        self.improved = False
         if self.monitor not in metrics:
             return False
         reason = self._decide(float(metrics[self.monitor]))
+        if self.improved:
+            self.best_step = step
         stop = reason is not None
         if distributed is not None:
             stop = distributed.any(stop)
@@ -87,8 +93,10 @@ class MemorizationStopper:
         return stop
 
     def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "wait_count": self.wait_count, "stopped_step": self.stopped_step, "reason": self.reason}
+        return {"best": self.best, "wait_count": self.wait_count, "stopped_step": self.stopped_step, "reason": self.reason,
+                "best_step": self.best_step}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.best, self.wait_count = state["best"], state["wait_count"]
         self.stopped_step, self.reason = state["stopped_step"], state["reason"]
+        self.best_step = state.get("best_step")

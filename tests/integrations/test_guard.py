@@ -100,3 +100,34 @@ def test_guard_without_remedies_is_inert_and_refuses_a_non_monitor():
     assert guard.penalty(lambda x, s: x, torch.zeros(2, 4), 1) == 0.0
     with pytest.raises(TypeError, match="MemorizationMonitor"):
         MemorizationGuard(object())
+
+
+def test_guard_restores_the_weights_of_the_first_best_check(monkeypatch):
+    from types import SimpleNamespace
+
+    net = torch.nn.Linear(3, 3)
+    monitor = MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None)
+    values = iter([0.3, 0.1, 0.1, 0.2, 0.4])  # best at step 2, tied at 3 (the first best wins), worse at 4
+    monkeypatch.setattr(monitor, "maybe_check",
+                        lambda denoiser, step, **kwargs: SimpleNamespace(metrics={"od_fraction": next(values)}))
+    guard = MemorizationGuard(monitor, stopper=MemorizationStopper("od_fraction", patience=2),
+                              restore_best_weights=True)
+    for step in range(1, 6):
+        with torch.no_grad():
+            net.weight.fill_(float(step))  # "training" changes the weights between checks
+        guard.maybe_check(net, step)
+        if guard.should_stop:
+            break
+    assert guard.stopper.stopped_step == 4 and guard.stopper.best_step == 2 and guard.restored_step == 2
+    assert torch.all(net.weight == 2.0), "the weights of the best check are loaded when training stops"
+    assert guard.best_weights[0]["weight"].device.type == "cpu"
+    clone = MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None),
+                              stopper=MemorizationStopper("od_fraction", patience=2), restore_best_weights=True)
+    clone.load_state_dict(guard.state_dict())
+    assert clone.restored_step == 2 and clone.stopper.best_step == 2
+    torch.testing.assert_close(clone.best_weights[0]["weight"], torch.full((3, 3), 2.0))
+
+
+def test_guard_restore_best_weights_needs_a_stopper():
+    with pytest.raises(ValueError, match="needs a stopper"):
+        MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None), restore_best_weights=True)
