@@ -108,7 +108,8 @@ def train_diffusion(x: Tensor, *, steps: int, seed: int = 0, batch_size: int = 1
                     num_classes: Optional[int] = None, label_dropout: float = 0.1,
                     guard: Optional[mmh_train.MemorizationGuard] = None,
                     skipping: Optional[LowLossSkipping] = None,
-                    on_check: Optional[Callable[[int, Any], None]] = None, log_every: int = 0) -> Trained:
+                    on_check: Optional[Callable[[int, Any], None]] = None, log_every: int = 0,
+                    lr_schedule: str = "constant") -> Trained:
     """Trains a :class:`TimeMLP` ε-predictor on ``x`` (``[N, D]``) with DDPM noise, plain torch loop.
 
     Args:
@@ -116,10 +117,14 @@ def train_diffusion(x: Tensor, *, steps: int, seed: int = 0, batch_size: int = 1
         guard: mmh_train's plain-loop guard (monitor, reweighting, penalty, early stopping).
         skipping: the IET-AGC low-loss skipping baseline.
         on_check: called as ``on_check(step, result)`` after every monitor check.
+        lr_schedule: ``"constant"`` or ``"cosine"`` (decayed to 0 over ``steps``; what makes the small-σ end
+            of the model accurate enough for FLIPD's accuracy benchmark).
 
     The global RNGs are left as they were: weights, batches, noise and timesteps come from generators
     seeded with ``seed``.
     """
+    if lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"lr_schedule={lr_schedule!r}; choose 'constant' or 'cosine'.")
     n, dim = x.shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -128,6 +133,7 @@ def train_diffusion(x: Tensor, *, steps: int, seed: int = 0, batch_size: int = 1
         net = NullLabelDefault(net, num_classes)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    decay = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps) if lr_schedule == "cosine" else None
     tracker = TimestepLossTracker()
     g = torch.Generator().manual_seed(seed + 7919)
     trained = Trained(net, dim, scheduler, num_classes, 0, 0.0, tracker)
@@ -160,6 +166,8 @@ def train_diffusion(x: Tensor, *, steps: int, seed: int = 0, batch_size: int = 1
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if decay is not None:
+            decay.step()
         trained.steps_done = step
         if guard is not None:
             result = guard.maybe_check(trained.denoiser(), step)
