@@ -128,7 +128,7 @@ def train_diffusion(x: Tensor, *, steps: int, seed: int = 0, batch_size: int = 1
     n, dim = x.shape
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        net = TimeMLP(dim, width=width, depth=depth, num_classes=num_classes)
+        net = TimeMLP(dim, width=width, depth=depth, num_classes=num_classes + 1 if num_classes else None)  # + null
     if num_classes:
         net = NullLabelDefault(net, num_classes)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
@@ -191,9 +191,10 @@ def train_diffusion(x: Tensor, *, steps: int, seed: int = 0, batch_size: int = 1
 
 def generate(trained: Trained, n: int, *, seed: int, class_labels: Optional[Tensor] = None,
              steps: int = 32) -> Tensor:
-    """``[n, D]`` samples of the probability-flow ODE (σ from 80 down to 0.02, inside the DDPM table)."""
-    return sample(trained.denoiser(class_labels), (n, trained.dim), steps=steps, sigma_min=0.02, sigma_max=80.0,
-                  generator=torch.Generator().manual_seed(seed))
+    """``[n, D]`` samples of the probability-flow ODE (σ from 80 down to 0.02, inside the DDPM table);
+    ``class_labels``: ``[n]``, one label per sample, for a class-conditional model."""
+    return sample(trained.denoiser(), (n, trained.dim), steps=steps, sigma_min=0.02, sigma_max=80.0,
+                  generator=torch.Generator().manual_seed(seed), class_labels=class_labels)
 
 
 def copied_points(generated: Tensor, train: Tensor, *, group: Optional[Tensor] = None) -> tuple[Tensor, float]:

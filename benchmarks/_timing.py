@@ -84,7 +84,8 @@ def _cpu_model() -> str:
 
 
 def code_version(repo: str | os.PathLike) -> dict[str, Any]:
-    """The git commit of ``repo`` and whether its working tree had changes (``None`` without git)."""
+    """The git commit of ``repo`` and whether its working tree had changes, untracked files included (``None``
+    without git)."""
     import subprocess
 
     def git(*args: str) -> str | None:
@@ -94,7 +95,7 @@ def code_version(repo: str | os.PathLike) -> dict[str, Any]:
         except (OSError, subprocess.SubprocessError):
             return None
 
-    status = git("status", "--porcelain", "--untracked-files=no")
+    status = git("status", "--porcelain")  # untracked files count: a new benchmark script is a change
     return {"git_commit": git("rev-parse", "--short", "HEAD"), "git_dirty": None if status is None else bool(status)}
 
 

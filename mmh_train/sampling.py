@@ -29,7 +29,7 @@ def edm_sigmas(n: int, sigma_min: float = 0.01, sigma_max: float = 80.0, rho: fl
 @torch.no_grad()
 def sample(denoiser: Any, shape: tuple[int, ...], *, steps: int = 32, sigma_min: float = 0.01,
            sigma_max: float = 80.0, generator: torch.Generator | None = None, device: str | torch.device = "cpu",
-           batch_size: int = 256) -> Tensor:
+           batch_size: int = 256, class_labels: Tensor | None = None) -> Tensor:
     """Draws ``shape[0]`` samples by integrating the probability-flow ODE with Heun steps.
 
     Args:
@@ -40,18 +40,30 @@ def sample(denoiser: Any, shape: tuple[int, ...], *, steps: int = 32, sigma_min:
         generator: the initial noise; ``None`` uses a fresh generator seeded with 0.
         device: where to sample.
         batch_size: samples per network call.
+        class_labels: ``[N]`` one label per sample, passed to the network as ``class_labels`` (sliced with
+            the batches); needs a denoiser with ``bind`` (``diffusers_denoiser``, ``vp_denoiser``, ...).
 
     Returns:
         ``[N, ...]`` float32 samples. The model's mode, the grad flag and the global RNGs are restored.
     """
     den = as_denoiser(denoiser)
+    if class_labels is not None:
+        if not hasattr(den, "bind"):
+            raise TypeError(f"class_labels needs a denoiser with bind() (e.g. mmh_train.diffusers_denoiser); got "
+                            f"{type(den).__name__}. Bind the labels yourself for a plain callable.")
+        if class_labels.dim() != 1 or len(class_labels) != shape[0]:
+            raise ValueError(f"class_labels must have shape [{shape[0]}] (one label per sample); got "
+                             f"{tuple(class_labels.shape)}.")
     sigmas = edm_sigmas(steps, sigma_min, sigma_max)
     generator = generator or torch.Generator().manual_seed(0)
     noise = torch.randn(shape, generator=generator, dtype=torch.float32)
     out = []
     with estimator_context(den.modules()):
-        for chunk in noise.split(batch_size):
+        for i, chunk in enumerate(noise.split(batch_size)):
             x = chunk.to(device) * sigmas[0].item()
+            if class_labels is not None:
+                labels = class_labels[i * batch_size:(i + 1) * batch_size].to(device)
+                den = as_denoiser(denoiser).bind(class_labels=labels)
             for s, s_next in zip(sigmas[:-1].tolist(), sigmas[1:].tolist()):
                 level = torch.full((x.shape[0],), s, dtype=torch.float64, device=x.device)
                 d = (x - den(x, level)) / s

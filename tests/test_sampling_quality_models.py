@@ -52,3 +52,25 @@ def test_models_shapes_and_conditioning():
     assert out.shape == (2, 1, 16, 16)
     with pytest.raises(ValueError, match="divisible by 2"):
         small_unet(10, channels=(8, 16, 32))
+
+
+def test_sampler_slices_per_sample_class_labels_with_its_batches():
+    from diffusers import DDPMScheduler
+
+    import mmh_train
+    from mmh_train.models import NullLabelDefault
+
+    torch.manual_seed(0)
+    net = NullLabelDefault(TimeMLP(3, width=16, num_classes=3), null_label=2)
+    den = mmh_train.diffusers_denoiser(net, DDPMScheduler())
+    labels = torch.tensor([0, 1, 1, 0, 1])
+    kwargs = dict(steps=4, sigma_max=10.0, generator=None)
+    batched = sample(den, (5, 3), batch_size=2, class_labels=labels, **kwargs)
+    one_by_one = torch.cat([sample(den.bind(class_labels=labels[i:i + 1]), (5, 3), batch_size=1, **kwargs)[i:i + 1]
+                            for i in range(5)])  # the same initial noise, each row under its own label
+    torch.testing.assert_close(batched, one_by_one)
+    assert not torch.allclose(batched, sample(den, (5, 3), batch_size=2, class_labels=1 - labels, **kwargs))
+    with pytest.raises(ValueError, match=r"class_labels must have shape \[5\]"):
+        sample(den, (5, 3), class_labels=labels[:4])
+    with pytest.raises(TypeError, match="needs a denoiser with bind"):
+        sample(lambda x, s: x, (5, 3), class_labels=labels)

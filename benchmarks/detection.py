@@ -1,0 +1,429 @@
+"""Detection of memorized training points: mmh_train's per-point scores against a practitioner's baselines.
+
+    python benchmarks/detection.py            # full run, 12 minutes on 2 busy shared CPU cores
+    python benchmarks/detection.py --quick    # tiny sizes, well under a minute (the test runs this)
+
+Controlled memorization on two data sets, the toy mixture (Gaussians on affine subspaces of dimensions
+2, 4 and 8 in R^10, true LID known) and scikit-learn's digits (8×8, flattened to 64-d vectors), with a
+``TimeMLP`` DDPM ε-model trained by the plain loop of ``benchmarks/_harness.py`` and watched by
+:class:`mmh_train.MemorizationMonitor` (every training point is a probe, ``reference="data"``):
+
+  (a) ``few``: a small training set (most points end up copied);
+  (b) ``many``: a large one (few or none are copied);
+  (a/b) ``mid``: a size in between, where part of the points are copied (chosen by size, before scoring);
+  (a+b) ``pooled``: the points of (a) and (b) ranked together, each scored by its own model. (a) and (b)
+      alone are nearly one-class ranking problems (AUROC is NaN where a class is empty); the pool is the
+      fair two-class problem "which of these points, from either run, does its model copy?";
+  (c) ``duplicated``: a medium training set in which a random subset is repeated m times; points are the
+      originals, a duplicate group counts as copied when any member is;
+  (d) ``conditional``: a class-conditional model (label dropout 0.1) in which a few chosen training points
+      get a label of their own; each point is scored conditioned on its own label (unique or class), and
+      its truth comes from samples drawn conditioned on the unique labels and on every class.
+
+Ground truth per training point: some sample of the model copies it (nearest-neighbour ratio < 1/3,
+``_harness.copied_points``). Scores, higher = more memorized:
+
+  mmh_train (from the monitor's last check, σ fixed per data set):
+    ``od_gap``        LID* − LID_θ with the monitor's model-free data reference (the OD score it labels with);
+    ``od_gap_rel``    (LID* − LID_θ) / max(LID*, 1), the relative gap;
+    ``heldout_gap``   mean LID_θ of the 5 nearest held-out probes − LID_θ (the "heldout" reference);
+    ``neg_lid``       −LID_θ;
+    ``collapse``      the drop of LID_θ from the point's own early value (needs no reference).
+  baselines:
+    ``neg_loss``      −(per-sample denoising loss, 20 timesteps × 4 noises);
+    ``neg_rel_loss``  −(that loss ÷ the per-timestep running mean of training; IET-AGC style);
+    ``neg_nn_dist``   −(distance to the nearest generated sample), generated with another seed than the
+                      ground-truth samples.
+
+The headline mmh_train score is ``heldout_gap``, fixed before any run was scored: it compares LID_θ(x) with
+what the same model reads on nearby unseen points, so it flags OD and DD memorization alike (the neighbours
+of a duplicated point are not duplicates; ``od_gap`` with the data reference is ~0 there by design, since
+it separates DD from OD) and needs no true LID. Every score is reported.
+
+Metrics: AUROC and TPR at 1 % FPR per data set × scenario × score, and on (c) the precision and recall
+of the monitor's DD and OD labels against the truth "copied and duplicated" (DD) and "copied and not
+duplicated" (OD). The sizes are chosen for the class balance of the truth, not for the scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+import mmh_train
+from mmh_train.data import affine_mixture, inject_duplicates, load_digits
+from mmh_train.memorization import DD, OD
+
+try:
+    import _harness as H
+except ImportError:  # imported from elsewhere (the test loads this file by path)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import _harness as H
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "detection.json"
+
+GOAL_AUROC_MIN = 0.99
+GOAL_DD_OD_PRECISION_RECALL_MIN = 0.95
+
+MMH_SCORES = ("od_gap", "od_gap_rel", "heldout_gap", "neg_lid", "collapse")
+BASELINE_SCORES = ("neg_loss", "neg_rel_loss", "neg_nn_dist")
+SCORES = MMH_SCORES + BASELINE_SCORES
+HEADLINE = "heldout_gap"
+SCENARIOS = ("few", "many", "mid", "pooled", "duplicated", "conditional")
+
+
+@dataclass
+class DataConfig:
+    """Sizes for one data set."""
+
+    name: str
+    few: int
+    many: int
+    mid: int
+    dup_base: int
+    dup_fraction: float
+    dup_copies: int
+    cond_n: int
+    n_unique: int
+    steps: int
+    sigma: float
+    reference_k: int
+    n_heldout: int
+    width: int = 256
+
+
+@dataclass
+class Config:
+    seed: int = 0
+    checks: int = 8  # monitor checks per run (every steps // checks steps)
+    n_generate: int = 2000  # ground-truth samples per unconditional run
+    n_per_unique: int = 50  # ground-truth samples per unique label (conditional run)
+    n_per_class: int = 200  # ground-truth samples per class (conditional run)
+    heldout_k: int = 5  # held-out neighbours of the "heldout" reference
+    data: list = field(default_factory=lambda: [
+        DataConfig("toy", few=64, many=1024, mid=128, dup_base=256, dup_fraction=0.1, dup_copies=8, cond_n=512,
+                   n_unique=10, steps=8000, sigma=0.3, reference_k=20, n_heldout=256),
+        DataConfig("digits", few=32, many=512, mid=64, dup_base=128, dup_fraction=0.125, dup_copies=8, cond_n=128,
+                   n_unique=10, steps=20000, sigma=0.3, reference_k=10, n_heldout=256),
+    ])
+
+    @classmethod
+    def quick(cls) -> "Config":
+        return cls(checks=3, n_generate=200, n_per_unique=10, n_per_class=20, data=[
+            DataConfig("toy", few=24, many=96, mid=48, dup_base=48, dup_fraction=0.1, dup_copies=4, cond_n=48,
+                       n_unique=3, steps=150, sigma=0.3, reference_k=8, n_heldout=32, width=64),
+            DataConfig("digits", few=24, many=96, mid=48, dup_base=48, dup_fraction=0.1, dup_copies=4, cond_n=48,
+                       n_unique=3, steps=150, sigma=0.3, reference_k=8, n_heldout=32, width=64),
+        ])
+
+
+# ---------------------------------------------------------------- data
+@dataclass
+class Pool:
+    """A data set's points (``[M, D]``), class labels and true LID (toy only), drawn once per seed."""
+
+    x: Tensor
+    labels: Tensor
+    num_classes: int
+    lid: Optional[Tensor]
+
+
+def make_pool(dc: DataConfig, seed: int) -> Pool:
+    g = torch.Generator().manual_seed(seed + 101)
+    if dc.name == "toy":
+        n = max(dc.few, dc.many, dc.mid, dc.dup_base, dc.cond_n) * 2 + dc.n_heldout
+        sample = affine_mixture(n, dims=(2, 4, 8), ambient_dim=10, generator=g)
+        order = torch.randperm(n, generator=g)  # mixed components, so any prefix is a fair draw
+        return Pool(sample.x[order].float(), sample.component[order].long(), 3, sample.lid[order].float())
+    digits = load_digits(size=8)
+    order = torch.randperm(len(digits), generator=g)
+    x = digits.images.reshape(len(digits), -1)[order].float()
+    return Pool(x, digits.labels[order].long(), 10, None)
+
+
+def split(pool: Pool, dc: DataConfig) -> tuple[Tensor, Tensor]:
+    """(held-out points, indices of the pool usable for training): the held-out set is the pool's tail."""
+    heldout = pool.x[-dc.n_heldout:]
+    return heldout, torch.arange(len(pool.x) - dc.n_heldout)
+
+
+# ---------------------------------------------------------------- one run
+def _label_lookup(points: Tensor, labels: Tensor) -> Callable[[Tensor], Tensor]:
+    """Maps points (rows of ``points``, exactly) to their labels: how the monitor's estimator finds a probe's label."""
+
+    def lookup(x: Tensor) -> Tensor:
+        return labels[torch.cdist(x.float(), points.float()).argmin(1)]
+
+    return lookup
+
+
+def conditional_flipd(lookup: Callable[[Tensor], Tensor]) -> Callable[..., Tensor]:
+    """A monitor estimator measuring LID_θ(x | c) with each point's own label c (found by ``lookup``)."""
+
+    def estimator(denoiser: Any, x: Tensor, sigma: float, *, generator: Optional[torch.Generator] = None,
+                  **options: Any) -> Tensor:
+        return mmh_train.flipd(denoiser.bind(class_labels=lookup(x)), x, sigma, generator=generator, **options)
+
+    return estimator
+
+
+def nearest_distance(train: Tensor, generated: Tensor) -> Tensor:
+    return torch.cdist(train.double(), generated.double()).min(1).values
+
+
+def run_case(x: Tensor, heldout: Tensor, dc: DataConfig, cfg: Config, *, seed: int,
+             labels: Optional[Tensor] = None, num_classes: Optional[int] = None,
+             heldout_labels: Optional[Tensor] = None, group: Optional[Tensor] = None,
+             sample_labels: Optional[Tensor] = None) -> dict[str, Any]:
+    """Trains one model on ``x`` with the monitor and returns per-point scores (rows of ``x``), the truth
+    and the monitor's labels. Conditional runs give ``labels`` (per row, possibly unique) and the labels
+    to draw the ground-truth samples with (``sample_labels``)."""
+    n = len(x)
+    options: dict[str, Any] = {}
+    if labels is not None:
+        lookup = _label_lookup(torch.cat([x, heldout]), torch.cat([labels, heldout_labels]))
+        options = {"estimator": conditional_flipd(lookup)}
+    monitor = mmh_train.MemorizationMonitor(
+        x, heldout, n_train_probes=n, n_heldout_probes=len(heldout), sigma=dc.sigma,
+        every_n_steps=max(1, dc.steps // cfg.checks), reference="data",
+        reference_options={"k": min(dc.reference_k, n - 1)}, seed=seed, **options)
+    trained = H.train_diffusion(x, steps=dc.steps, seed=seed, width=dc.width, guard=mmh_train.MemorizationGuard(monitor),
+                                labels=labels, num_classes=num_classes)
+    result = trained.checks[-1]
+
+    # ground truth and the generated-sample baseline (an independent set)
+    if sample_labels is None:
+        truth_samples = H.generate(trained, cfg.n_generate, seed=seed + 1000)
+        other_samples = H.generate(trained, cfg.n_generate, seed=seed + 2000)
+    else:
+        truth_samples = H.generate(trained, len(sample_labels), seed=seed + 1000, class_labels=sample_labels)
+        other_samples = H.generate(trained, len(sample_labels), seed=seed + 2000, class_labels=sample_labels)
+    copied, copy_rate = H.copied_points(truth_samples, x, group=group)
+
+    def per_row(values: Tensor) -> Tensor:
+        out = torch.full((n,), math.nan, dtype=torch.float64)
+        out[result.train_index] = values.double().cpu()
+        return out
+
+    lid = per_row(result.lid_train)
+    ref = per_row(result.labels.lid_ref)
+    label = torch.zeros(n, dtype=torch.long)
+    label[result.train_index] = result.labels.label.cpu()
+    # the "heldout" reference: the model's own LID on each point's nearest held-out probes
+    neighbours = torch.cdist(x.double(), heldout[monitor.heldout_index].double()).topk(
+        min(cfg.heldout_k, len(monitor.heldout_index)), largest=False).indices
+    held_ref = result.lid_heldout.double().cpu()[neighbours].nanmean(1)
+    loss, rel = H.per_sample_loss(trained, x, labels=labels, seed=seed + 3000)
+    scores = {
+        "od_gap": ref - lid,
+        "od_gap_rel": (ref - lid) / ref.abs().clamp(min=1.0),
+        "heldout_gap": held_ref - lid,
+        "neg_lid": -lid,
+        "collapse": per_row(result.collapse),
+        "neg_loss": -loss,
+        "neg_rel_loss": -rel,
+        "neg_nn_dist": -nearest_distance(x, other_samples),
+    }
+    return {"scores": scores, "copied": copied, "copy_rate": copy_rate, "label": label, "lid": lid, "lid_ref": ref,
+            "lid_heldout_mean": float(result.lid_heldout.nanmean()), "seconds": trained.seconds,
+            "steps": trained.steps_done}
+
+
+# ---------------------------------------------------------------- scenarios
+def scenario_rows(dataset: str, scenario: str, scores: dict[str, Tensor], copied: Tensor, note: str) -> list[dict]:
+    rows = []
+    for name in SCORES:
+        s = scores[name]
+        ok = ~torch.isnan(s)
+        s, pos = s[ok], copied[ok]
+        rows.append({"dataset": dataset, "scenario": scenario, "score": name,
+                     "kind": "mmh" if name in MMH_SCORES else "baseline", "headline": name == HEADLINE,
+                     "n": int(ok.sum()), "n_copied": int(pos.sum()), "auroc": H.auroc(s, pos),
+                     "tpr_at_1pct_fpr": H.tpr_at_fpr(s, pos, 0.01), "note": note})
+    return rows
+
+
+def point_record(run: dict[str, Any], rows: slice = slice(None), **extra: Tensor) -> dict[str, list]:
+    """Per-point values of one run for the JSON (rounded), so that other scores can be studied afterwards."""
+    def r(v: Tensor) -> list:
+        return [None if math.isnan(a) else round(a, 4) for a in v[rows].double().tolist()]
+
+    out = {"copied": run["copied"][rows].tolist(), "label": run["label"][rows].tolist(), "lid": r(run["lid"]),
+           "lid_ref": r(run["lid_ref"])}
+    out.update({k: r(v) for k, v in run["scores"].items()})
+    out.update({k: v.tolist() for k, v in extra.items()})
+    return out
+
+
+def run_dataset(dc: DataConfig, cfg: Config, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
+    pool = make_pool(dc, seed)
+    heldout, usable = split(pool, dc)
+    rows, runs, dd_od, points = [], {}, None, {}
+
+    def summary(name: str, run: dict, extra: str = "") -> None:
+        c = run["copied"]
+        log(f"  {dc.name:6s} {name:11s} N={len(c):5d}  copied {int(c.sum()):4d} ({c.double().mean():.0%})  sample copy "
+            f"rate {run['copy_rate']:.2f}  LID_θ train {run['lid'].nanmean():.2f} / held-out "
+            f"{run['lid_heldout_mean']:.2f}  train {run['seconds']:.0f} s{extra}")
+        runs[name] = {"n": len(c), "n_copied": int(c.sum()), "sample_copy_rate": run["copy_rate"],
+                      "lid_train_mean": float(run["lid"].nanmean()), "lid_heldout_mean": run["lid_heldout_mean"],
+                      "lid_ref_mean": float(run["lid_ref"].nanmean()), "train_seconds": round(run["seconds"], 1),
+                      "steps": run["steps"]}
+
+    # (a), (b) and their pool
+    few = run_case(pool.x[usable[:dc.few]], heldout, dc, cfg, seed=seed)
+    summary("few", few)
+    many = run_case(pool.x[usable[:dc.many]], heldout, dc, cfg, seed=seed)
+    summary("many", many)
+    mid = run_case(pool.x[usable[:dc.mid]], heldout, dc, cfg, seed=seed)
+    summary("mid", mid)
+    points["few"], points["many"], points["mid"] = point_record(few), point_record(many), point_record(mid)
+    rows += scenario_rows(dc.name, "few", few["scores"], few["copied"], f"N={dc.few}")
+    rows += scenario_rows(dc.name, "many", many["scores"], many["copied"], f"N={dc.many}")
+    rows += scenario_rows(dc.name, "mid", mid["scores"], mid["copied"], f"N={dc.mid}, between few and many")
+    pooled = {k: torch.cat([few["scores"][k], many["scores"][k]]) for k in SCORES}
+    rows += scenario_rows(dc.name, "pooled", pooled, torch.cat([few["copied"], many["copied"]]),
+                          f"points of few (N={dc.few}) and many (N={dc.many}), each scored by its own model")
+
+    # (c) duplicated subset
+    base = pool.x[usable[:dc.dup_base]]
+    dup = inject_duplicates(base, fraction=dc.dup_fraction, copies=dc.dup_copies,
+                            generator=torch.Generator().manual_seed(seed + 202))
+    run = run_case(dup.x, heldout, dc, cfg, seed=seed, group=dup.group)
+    summary("duplicated", run)
+    m = dup.num_original
+    scores = {k: v[:m] for k, v in run["scores"].items()}
+    copied, duplicated, label = run["copied"][:m], dup.duplicated[:m], run["label"][:m]
+    points["duplicated"] = point_record(run, slice(0, m), duplicated=duplicated)
+    rows += scenario_rows(dc.name, "duplicated", scores, copied,
+                          f"{m} originals, {int(duplicated.sum())} of them repeated {dc.dup_copies}x more")
+    dd_p, dd_r = H.precision_recall(label == DD, copied & duplicated)
+    od_p, od_r = H.precision_recall(label == OD, copied & ~duplicated)
+    dd_od = {"dataset": dc.name, "n": m, "n_duplicated": int(duplicated.sum()),
+             "truth_dd": int((copied & duplicated).sum()), "truth_od": int((copied & ~duplicated).sum()),
+             "pred_dd": int((label == DD).sum()), "pred_od": int((label == OD).sum()),
+             "dd_precision": dd_p, "dd_recall": dd_r, "od_precision": od_p, "od_recall": od_r}
+
+    # (d) class-conditional with unique labels for a few points
+    idx = usable[:dc.cond_n]
+    x, cls = pool.x[idx], pool.labels[idx]
+    chosen = torch.randperm(dc.cond_n, generator=torch.Generator().manual_seed(seed + 303))[:dc.n_unique]
+    own = cls.clone()
+    own[chosen] = pool.num_classes + torch.arange(dc.n_unique)
+    num_classes = pool.num_classes + dc.n_unique
+    sample_labels = torch.cat([torch.arange(pool.num_classes).repeat_interleave(cfg.n_per_class),
+                               (pool.num_classes + torch.arange(dc.n_unique)).repeat_interleave(cfg.n_per_unique)])
+    heldout_labels = pool.labels[-dc.n_heldout:]
+    run = run_case(x, heldout, dc, cfg, seed=seed, labels=own, num_classes=num_classes,
+                   heldout_labels=heldout_labels, sample_labels=sample_labels)
+    unique = torch.zeros(dc.cond_n, dtype=torch.bool)
+    unique[chosen] = True
+    summary("conditional", run, f"  (unique-label points copied {int((run['copied'] & unique).sum())}/{dc.n_unique})")
+    points["conditional"] = point_record(run, unique_label=unique)
+    rows += scenario_rows(dc.name, "conditional", run["scores"], run["copied"],
+                          f"N={dc.cond_n}, {dc.n_unique} with a label of their own; scored given their own label")
+    runs["conditional"]["unique_copied"] = int((run["copied"] & unique).sum())
+    runs["conditional"]["unique_auroc_headline"] = H.auroc(run["scores"][HEADLINE], unique)
+    return {"rows": rows, "runs": runs, "dd_od": dd_od, "points": points}
+
+
+# ---------------------------------------------------------------- main
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny sizes and a few hundred steps (the test runs this)")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--datasets", default=None, help="comma-separated subset of toy,digits")
+    p.add_argument("--sigma", action="append", default=[], metavar="DATASET=SIGMA",
+                   help="the monitor's noise level for one data set, e.g. digits=0.15 (repeatable)")
+    return p.parse_args(argv)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    cfg = Config.quick() if args.quick else Config()
+    cfg.seed = args.seed
+    if args.datasets:
+        wanted = {d.strip() for d in args.datasets.split(",")}
+        cfg.data = [d for d in cfg.data if d.name in wanted]
+    for item in args.sigma:
+        name, _, value = item.partition("=")
+        for dc in cfg.data:
+            if dc.name == name.strip():
+                dc.sigma = float(value)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    doc = H.start_output("detection", argv, [cfg.seed], asdict(cfg))
+    doc["goals"] = {"auroc_min": GOAL_AUROC_MIN, "auroc_above_every_baseline": True,
+                    "dd_od_precision_recall_min": GOAL_DD_OD_PRECISION_RECALL_MIN}
+    doc["headline"] = HEADLINE
+    print(f"model: TimeMLP DDPM ε-model, Adam lr 2e-3, batch 128; monitor: every point a probe, reference='data', "
+          f"checks every steps/{cfg.checks}; ground truth: NN ratio < 1/3 over the model's own samples")
+    rows, runs, dd_od, points = [], {}, [], {}
+    with torch.random.fork_rng(devices=[]):  # nothing here draws from the global RNG; this keeps it so
+        for dc in cfg.data:
+            print(f"\n{dc.name}: {dc.steps} steps, σ = {dc.sigma}, reference k = {dc.reference_k}, "
+                  f"{dc.n_heldout} held-out probes", flush=True)
+            out = run_dataset(dc, cfg, cfg.seed, lambda s: print(s, flush=True))
+            rows += out["rows"]
+            runs[dc.name] = out["runs"]
+            dd_od.append(out["dd_od"])
+            points[dc.name] = out["points"]
+    doc.update(rows=rows, runs=runs, dd_od=dd_od, points=points)
+
+    print("\nAUROC and TPR at 1% FPR per point (higher score = more memorized; * = mmh_train's headline score)")
+    table = [{**r, "name": f"{r['dataset']}/{r['scenario']}", "score_name": r["score"] + ("*" if r["headline"] else ""),
+              "pos": f"{r['n_copied']}/{r['n']}"} for r in rows]
+    H.print_table(table, [("name", "data/scenario", "s"), ("score_name", "score", "s"), ("pos", "copied", "s"),
+                          ("auroc", "AUROC", ".3f"), ("tpr_at_1pct_fpr", "TPR@1%FPR", ".3f")])
+
+    print("\n(c) DD vs OD labels of the monitor (reference='data') against the truth: DD = copied and duplicated, "
+          "OD = copied and not duplicated")
+    H.print_table(dd_od, [("dataset", "data", "s"), ("truth_dd", "true DD", "d"), ("pred_dd", "pred DD", "d"),
+                          ("dd_precision", "DD prec", ".3f"), ("dd_recall", "DD rec", ".3f"),
+                          ("truth_od", "true OD", "d"), ("pred_od", "pred OD", "d"),
+                          ("od_precision", "OD prec", ".3f"), ("od_recall", "OD rec", ".3f")])
+
+    goals = []
+    for r in rows:
+        if r["score"] != HEADLINE:
+            continue
+        best_baseline = max((q["auroc"] for q in rows if q["dataset"] == r["dataset"] and q["scenario"] == r["scenario"]
+                             and q["kind"] == "baseline" and not math.isnan(q["auroc"])), default=math.nan)
+        high = None if math.isnan(r["auroc"]) else bool(r["auroc"] >= GOAL_AUROC_MIN)
+        above = None if math.isnan(r["auroc"]) else bool(math.isnan(best_baseline) or r["auroc"] > best_baseline)
+        goals.append({"dataset": r["dataset"], "scenario": r["scenario"], "auroc": r["auroc"],
+                      "best_baseline_auroc": best_baseline, "auroc_at_least_goal": high,
+                      "above_every_baseline": above, "met": None if high is None else high and above})
+    for q in dd_od:
+        values = [q[k] for k in ("dd_precision", "dd_recall", "od_precision", "od_recall")]
+        # not measurable only when a true class is empty; nothing predicted (precision NaN) is a miss
+        met = None if q["truth_dd"] == 0 or q["truth_od"] == 0 else \
+            all(not math.isnan(v) and v >= GOAL_DD_OD_PRECISION_RECALL_MIN for v in values)
+        goals.append({"dataset": q["dataset"], "scenario": "duplicated: DD vs OD labels", "met": met})
+    doc["goal_status"] = goals
+    print(f"\ngoals (headline score {HEADLINE}: AUROC ≥ {GOAL_AUROC_MIN} and above every baseline; DD/OD precision "
+          f"and recall ≥ {GOAL_DD_OD_PRECISION_RECALL_MIN}):")
+    for q in goals:
+        status = {True: "met", False: "MISSED", None: "not measurable (one class empty)"}[q["met"]]
+        extra = ""
+        if "auroc" in q and q["met"] is not None:
+            below = "below" if q["above_every_baseline"] else "not below"
+            extra = (f"  AUROC {q['auroc']:.3f} ({'≥' if q['auroc_at_least_goal'] else '<'} {GOAL_AUROC_MIN}), best "
+                     f"baseline {q['best_baseline_auroc']:.3f} ({below} it)")
+        print(f"  {q['dataset']:6s} {q['scenario']:28s} {status}{extra}")
+    H.write_output(doc, args.out, started)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
