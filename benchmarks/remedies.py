@@ -312,6 +312,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--patience", type=int, default=None)
     parser.add_argument("--dd-factor", type=float, default=None)
     parser.add_argument("--toy-steps", type=int, default=None)
+    parser.add_argument("--toy-every", type=int, default=None, help="toy monitor cadence in steps (default 1000)")
     parser.add_argument("--digits-steps", type=int, default=None)
     parser.add_argument("--digits-n-train", type=int, default=None)
     parser.add_argument("--digits-dup", type=float, nargs=2, default=None, metavar=("FRACTION", "COPIES"))
@@ -325,6 +326,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             cfg = replace(cfg, **{key: getattr(args, key)})
     if args.toy_steps is not None:
         cfg = replace(cfg, toy=replace(cfg.toy, steps=args.toy_steps))
+    if args.toy_every is not None:
+        cfg = replace(cfg, toy=replace(cfg.toy, every=args.toy_every))
     if args.digits_steps is not None:
         cfg = replace(cfg, digits=replace(cfg.digits, steps=args.digits_steps))
     if args.digits_n_train is not None:

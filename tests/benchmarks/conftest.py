@@ -32,3 +32,23 @@ def finite_positive(value) -> bool:
 @pytest.fixture
 def is_finite_positive():
     return finite_positive
+
+
+@pytest.fixture
+def run_quick(tmp_path, capsys, load_benchmark):
+    """``script, result, printed, status = run_quick("name", *args)``: runs ``name.py --quick *args --out
+    tmp_path/name.json``, checks that the global torch RNG was left alone and reads the JSON it wrote."""
+    import json
+
+    import torch
+
+    def run(name: str, *args: str):
+        script = load_benchmark(name)
+        out = tmp_path / f"{name}.json"
+        rng_before = torch.get_rng_state()
+        status = script.main(["--quick", *args, "--out", str(out)])
+        printed = capsys.readouterr().out
+        assert torch.equal(torch.get_rng_state(), rng_before), "the benchmark must not draw from the global RNG"
+        return script, json.loads(out.read_text()), printed, status
+
+    return run

@@ -4,25 +4,17 @@ sane metrics, the DD/OD table and the goal status, and leaves the global RNG alo
 No goal number is asserted: a few hundred training steps do not memorize, and the goals are the full run's.
 """
 
-import json
 import math
 
-import torch
 
 
 def _unit_or_nan(value) -> bool:
     return isinstance(value, float) and (math.isnan(value) or 0.0 <= value <= 1.0)
 
 
-def test_quick_run_writes_every_row(tmp_path, capsys, load_benchmark):
-    script = load_benchmark("detection")
-    out = tmp_path / "detection.json"
-    rng_before = torch.get_rng_state()
-    assert script.main(["--quick", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
-    assert torch.equal(torch.get_rng_state(), rng_before), "the benchmark must not draw from the global RNG"
-
-    result = json.loads(out.read_text())
+def test_quick_run_writes_every_row(run_quick):
+    script, result, printed, status = run_quick("detection")
+    assert status == 0
     for key in ("benchmark", "command", "seeds", "machine", "code", "config", "quick", "goals", "headline", "rows",
                 "runs", "dd_od", "goal_status", "points", "elapsed_s"):
         assert key in result, key

@@ -3,20 +3,11 @@
 No timing goal is asserted here: timings on shared CPUs are noise, and they never belong in tests.
 """
 
-import json
-
-import torch
 
 
-def test_quick_run_writes_every_row_and_ratio(tmp_path, monkeypatch, capsys, load_benchmark, is_finite_positive):
-    script = load_benchmark("estimators")
-    out = tmp_path / "estimators.json"
-    rng_before = torch.get_rng_state()
-    script.main(["--quick", "--device", "cpu", "--out", str(out)])
-    printed = capsys.readouterr().out
-    assert torch.equal(torch.get_rng_state(), rng_before), "the benchmark must not draw from the global RNG"
 
-    result = json.loads(out.read_text())
+def test_quick_run_writes_every_row_and_ratio(run_quick, is_finite_positive):
+    script, result, printed, _ = run_quick("estimators", "--device", "cpu")
     for key in ("command", "seed", "machine", "config", "goals", "models", "rows", "ratios", "diagnostics",
                 "fixed_cost", "notes", "gpu", "elapsed_s"):
         assert key in result, key

@@ -3,22 +3,15 @@
 The goal picture (OD-Mem growing as N falls) needs the full run's training length; it is not asserted here.
 """
 
-import json
 import math
 
 import pytest
-import torch
 
 
-def test_quick_run_writes_every_size_history_and_plot(tmp_path, capsys, load_benchmark):
-    script = load_benchmark("lid_vs_n")
-    out, png = tmp_path / "lid_vs_n.json", tmp_path / "lid_vs_n.png"
-    rng_before = torch.get_rng_state()
-    assert script.main(["--quick", "--out", str(out), "--plot", str(png)]) == 0
-    printed = capsys.readouterr().out
-    assert torch.equal(torch.get_rng_state(), rng_before), "the benchmark must not draw from the global RNG"
-
-    doc = json.loads(out.read_text())
+def test_quick_run_writes_every_size_history_and_plot(tmp_path, run_quick):
+    png = tmp_path / "lid_vs_n.png"
+    script, doc, printed, status = run_quick("lid_vs_n", "--plot", str(png))
+    assert status == 0
     for key in ("benchmark", "command", "seeds", "machine", "code", "config", "runs", "elapsed_s", "plot"):
         assert key in doc, key
     assert doc["quick"] is True and "--quick" in doc["command"]

@@ -3,22 +3,13 @@
 No timing goal is asserted here: timings on shared CPUs are noise, and they never belong in tests.
 """
 
-import json
 
-import torch
 
 CONFIGS = {"plain", "monitor", "monitor_steps", "reweighting", "penalty", "early_stopping", "all"}
 
 
-def test_quick_run_writes_every_configuration(tmp_path, monkeypatch, capsys, load_benchmark, is_finite_positive):
-    script = load_benchmark("monitor_overhead")
-    out = tmp_path / "monitor_overhead.json"
-    rng_before = torch.get_rng_state()
-    script.main(["--quick", "--out", str(out)])
-    printed = capsys.readouterr().out
-    assert torch.equal(torch.get_rng_state(), rng_before), "the benchmark must not draw from the global RNG"
-
-    result = json.loads(out.read_text())
+def test_quick_run_writes_every_configuration(run_quick, is_finite_positive):
+    script, result, printed, _ = run_quick("monitor_overhead")
     for key in ("benchmark", "command", "code", "seed", "quick", "config", "machine", "goals", "data", "model",
                 "rows", "runs", "goal_monitor", "plain_seconds_per_step_median", "elapsed_s"):
         assert key in result, key
