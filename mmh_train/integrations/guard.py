@@ -68,6 +68,11 @@ class MemorizationGuard:
 
     def maybe_check(self, denoiser: Any, step: int, *, epoch: int | None = None, epoch_end: bool = False) -> CheckResult | None:
         """Runs the monitor at its cadence and feeds the remedies and the stopper with the result."""
+        networks = as_denoiser(denoiser).modules() if self.restore_best_weights else []
+        if self.restore_best_weights and not networks:  # before any work
+            raise TypeError("restore_best_weights=True needs a denoiser around an nn.Module (e.g. "
+                            "mmh_train.diffusers_denoiser(unet, scheduler)); this one wraps a plain callable, "
+                            "whose weights the guard cannot copy.")
         result = self.monitor.maybe_check(denoiser, step, epoch=epoch, epoch_end=epoch_end)
         if result is None:
             return None
@@ -79,7 +84,6 @@ class MemorizationGuard:
         if self.stopper is not None and self.stopper.update(result.metrics, step, self._ops()):
             self.should_stop = True
         if self.restore_best_weights:
-            networks = as_denoiser(denoiser).modules()
             if self.stopper.improved:
                 self.best_weights = [{k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
                                      for net in networks]

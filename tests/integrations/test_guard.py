@@ -128,6 +128,11 @@ def test_guard_restores_the_weights_of_the_first_best_check(monkeypatch):
     torch.testing.assert_close(clone.best_weights[0]["weight"], torch.full((3, 3), 2.0))
 
 
-def test_guard_restore_best_weights_needs_a_stopper():
+def test_guard_restore_best_weights_needs_a_stopper_and_a_module():
     with pytest.raises(ValueError, match="needs a stopper"):
-        MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None), restore_best_weights=True)
+        MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, every_n_steps=1, reference=None),
+                          restore_best_weights=True)
+    guard = MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, every_n_steps=1, reference=None),
+                              stopper=MemorizationStopper(), restore_best_weights=True)
+    with pytest.raises(TypeError, match="needs a denoiser around an nn.Module"):
+        guard.maybe_check(lambda x, sigma: x, 1)
