@@ -251,7 +251,8 @@ def auroc(score: Tensor, positive: Tensor) -> float:
 
 
 def tpr_at_fpr(score: Tensor, positive: Tensor, fpr: float = 0.01) -> float:
-    """True-positive rate at the strictest threshold whose false-positive rate is ≤ ``fpr``."""
+    """The largest true-positive rate among thresholds whose false-positive rate is ≤ ``fpr`` (with fewer than
+    1/``fpr`` negatives that is the TPR at zero false positives)."""
     score, positive = score.double(), positive.bool()
     if positive.all() or not positive.any():
         return float("nan")
@@ -265,7 +266,8 @@ def _average_ranks(v: Tensor) -> Tensor:
     order = torch.argsort(v)
     ranks = torch.empty_like(v)
     ranks[order] = torch.arange(1, len(v) + 1, dtype=v.dtype)
-    for value in v[torch.cat([torch.tensor([False]), v[order][1:] == v[order][:-1]])].unique():
+    ordered = v[order]
+    for value in ordered[torch.cat([torch.tensor([False]), ordered[1:] == ordered[:-1]])].unique():
         tied = v == value
         ranks[tied] = ranks[tied].mean()
     return ranks

@@ -34,6 +34,11 @@ Ground truth per training point: some sample of the model copies it (nearest-nei
     ``neg_rel_loss``  −(that loss ÷ the per-timestep running mean of training; IET-AGC style);
     ``neg_nn_dist``   −(distance to the nearest generated sample), generated with another seed than the
                       ground-truth samples.
+  context (no model; what the truth correlates with by construction, not counted in the goal):
+    ``neg_lid_star``  −LID* (model-free): samples cover low-dimensional regions densely, so their points
+                      are "copied" more easily;
+    ``from_few_run``  (pooled only) 1 for points of the small run: run identity alone;
+    ``is_duplicated`` (duplicated only) whether the point is one of the repeated ones.
 
 The headline mmh_train score is ``heldout_gap``, fixed before any run was scored: it compares LID_θ(x) with
 what the same model reads on nearby unseen points, so it flags OD and DD memorization alike (the neighbours
@@ -75,7 +80,11 @@ GOAL_DD_OD_PRECISION_RECALL_MIN = 0.95
 
 MMH_SCORES = ("od_gap", "od_gap_rel", "heldout_gap", "neg_lid", "collapse")
 BASELINE_SCORES = ("neg_loss", "neg_rel_loss", "neg_nn_dist")
-SCORES = MMH_SCORES + BASELINE_SCORES
+#: Scores that use no model at all, shown for context and not counted in the goal (what the truth
+#: correlates with by construction): −LID* (low-dimensional regions are covered, hence "copied", more
+#: easily), a point's run in the pool, and whether a point is duplicated.
+CONTEXT_SCORES = ("neg_lid_star",)
+SCORES = MMH_SCORES + BASELINE_SCORES + CONTEXT_SCORES
 HEADLINE = "heldout_gap"
 SCENARIOS = ("few", "many", "mid", "pooled", "duplicated", "conditional")
 
@@ -231,6 +240,7 @@ def run_case(x: Tensor, heldout: Tensor, dc: DataConfig, cfg: Config, *, seed: i
         "neg_loss": -loss,
         "neg_rel_loss": -rel,
         "neg_nn_dist": -nearest_distance(x, other_samples),
+        "neg_lid_star": -ref,
     }
     return {"scores": scores, "copied": copied, "copy_rate": copy_rate, "label": label, "lid": lid, "lid_ref": ref,
             "lid_heldout_mean": float(result.lid_heldout.nanmean()), "seconds": trained.seconds,
@@ -239,13 +249,15 @@ def run_case(x: Tensor, heldout: Tensor, dc: DataConfig, cfg: Config, *, seed: i
 
 # ---------------------------------------------------------------- scenarios
 def scenario_rows(dataset: str, scenario: str, scores: dict[str, Tensor], copied: Tensor, note: str) -> list[dict]:
+    """One row per score in ``scores`` (the common ones, then any scenario-specific context score)."""
     rows = []
-    for name in SCORES:
+    for name in [*SCORES, *(k for k in scores if k not in SCORES)]:
         s = scores[name]
         ok = ~torch.isnan(s)
         s, pos = s[ok], copied[ok]
         rows.append({"dataset": dataset, "scenario": scenario, "score": name,
-                     "kind": "mmh" if name in MMH_SCORES else "baseline", "headline": name == HEADLINE,
+                     "kind": "mmh" if name in MMH_SCORES else "baseline" if name in BASELINE_SCORES else "context",
+                     "headline": name == HEADLINE,
                      "n": int(ok.sum()), "n_copied": int(pos.sum()), "auroc": H.auroc(s, pos),
                      "tpr_at_1pct_fpr": H.tpr_at_fpr(s, pos, 0.01), "note": note})
     return rows
@@ -290,6 +302,7 @@ def run_dataset(dc: DataConfig, cfg: Config, seed: int, log: Callable[[str], Non
     rows += scenario_rows(dc.name, "many", many["scores"], many["copied"], f"N={dc.many}")
     rows += scenario_rows(dc.name, "mid", mid["scores"], mid["copied"], f"N={dc.mid}, between few and many")
     pooled = {k: torch.cat([few["scores"][k], many["scores"][k]]) for k in SCORES}
+    pooled["from_few_run"] = torch.cat([torch.ones(dc.few), torch.zeros(dc.many)]).double()  # run identity alone
     rows += scenario_rows(dc.name, "pooled", pooled, torch.cat([few["copied"], many["copied"]]),
                           f"points of few (N={dc.few}) and many (N={dc.many}), each scored by its own model")
 
@@ -302,6 +315,7 @@ def run_dataset(dc: DataConfig, cfg: Config, seed: int, log: Callable[[str], Non
     m = dup.num_original
     scores = {k: v[:m] for k, v in run["scores"].items()}
     copied, duplicated, label = run["copied"][:m], dup.duplicated[:m], run["label"][:m]
+    scores["is_duplicated"] = duplicated.double()  # the data alone
     points["duplicated"] = point_record(run, slice(0, m), duplicated=duplicated)
     rows += scenario_rows(dc.name, "duplicated", scores, copied,
                           f"{m} originals, {int(duplicated.sum())} of them repeated {dc.dup_copies}x more")
@@ -380,8 +394,9 @@ def main(argv: Optional[list[str]] = None) -> int:
             points[dc.name] = out["points"]
     doc.update(rows=rows, runs=runs, dd_od=dd_od, points=points)
 
-    print("\nAUROC and TPR at 1% FPR per point (higher score = more memorized; * = mmh_train's headline score)")
-    table = [{**r, "name": f"{r['dataset']}/{r['scenario']}", "score_name": r["score"] + ("*" if r["headline"] else ""),
+    print("\nAUROC and TPR at 1% FPR per point (higher score = more memorized; * = mmh_train's headline score; "
+          "° = context: uses no model, not a goal baseline)")
+    table = [{**r, "name": f"{r['dataset']}/{r['scenario']}", "score_name": r["score"] + ("*" if r["headline"] else "°" if r["kind"] == "context" else ""),
               "pos": f"{r['n_copied']}/{r['n']}"} for r in rows]
     H.print_table(table, [("name", "data/scenario", "s"), ("score_name", "score", "s"), ("pos", "copied", "s"),
                           ("auroc", "AUROC", ".3f"), ("tpr_at_1pct_fpr", "TPR@1%FPR", ".3f")])

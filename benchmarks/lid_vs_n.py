@@ -71,7 +71,7 @@ def run_one(n: int, cfg: Config, pool: mmh_train.data.toy.ManifoldSample, heldou
     probes = min(n, cfg.probes)
     monitor = mmh_train.MemorizationMonitor(
         x, heldout[: cfg.probes], sigma=cfg.sigma, every_n_steps=cfg.check_every, n_train_probes=probes,
-        reference=lid, seed=cfg.seed)
+        n_heldout_probes=min(cfg.probes, len(heldout)), reference=lid, seed=cfg.seed)
     trained = train_diffusion(x, steps=cfg.steps, seed=cfg.seed, width=cfg.width, guard=mmh_train.MemorizationGuard(monitor))
     history = []
     for result in trained.checks:
@@ -87,6 +87,7 @@ def run_one(n: int, cfg: Config, pool: mmh_train.data.toy.ManifoldSample, heldou
             "true_lid_train_probes": lid[monitor.train_index].mean().item(),
             "true_lid_heldout_probes": heldout_lid[monitor.heldout_index].mean().item(),
             "lid_train": last["lid_train"], "lid_heldout": last["lid_heldout"],
+            "lid_train_median": last["lid_train_median"], "lid_heldout_median": last["lid_heldout_median"],
             "gap": last["lid_heldout"] - last["lid_train"], "od_fraction": last["od_fraction"],
             "copy_rate": copy_rate, "copied_points": int(copied.sum()), "train_seconds": trained.seconds,
             "history": history}
@@ -152,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
               f"copy rate {run['copy_rate']:.1%} ({run['train_seconds']:.0f} s)", flush=True)
     print()
     print_table(runs, [("n", "N", "d"), ("lid_train", "LID train", ".2f"), ("lid_heldout", "LID held-out", ".2f"),
-                       ("gap", "gap", ".2f"), ("true_lid_train_probes", "true LID", ".2f"),
+                       ("gap", "gap", ".2f"), ("lid_train_median", "median train", ".2f"),
+                       ("lid_heldout_median", "median held-out", ".2f"), ("true_lid_train_probes", "true LID", ".2f"),
                        ("od_fraction", "OD frac", ".1%"), ("copy_rate", "copy rate", ".1%")])
     doc["runs"] = runs
     plot(runs, args.plot)

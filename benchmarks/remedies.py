@@ -220,12 +220,13 @@ def run_variant(variant: str, data: Data, setup: DataSetup, cfg: Config, seed: i
     if restored is not None:
         notes["early_stopping"] += f", weights of step {restored} restored"
     generated = generate(trained, cfg.n_samples, seed=seed + 1, steps=cfg.sample_steps)
-    copies = mmh_train.detect_copies(generated, data.train)
-    q = quality(generated) if torch.isfinite(generated).all() else float("nan")
+    finite = bool(torch.isfinite(generated).all())  # a diverged model is recorded (NaN), not a crash
+    copy_rate = float(mmh_train.detect_copies(generated, data.train).copy_rate) if finite else float("nan")
+    q = quality(generated) if finite else float("nan")
     stopper = guard.stopper if guard is not None else None
     schedule = guard.schedule if guard is not None else None
     row = {
-        "dataset": data.name, "variant": variant, "seed": seed, "copy_rate": float(copies.copy_rate),
+        "dataset": data.name, "variant": variant, "seed": seed, "copy_rate": copy_rate,
         "quality": q, "quality_metric": quality.name, "train_seconds": trained.seconds,
         "steps_done": trained.steps_done, "checks": len(trained.checks),
         "penalty_on_step": schedule.activated_at if schedule is not None else None,

@@ -23,9 +23,12 @@ def test_quick_run_writes_every_row(run_quick):
 
     datasets = ("toy", "digits")
     rows = {(r["dataset"], r["scenario"], r["score"]): r for r in result["rows"]}
-    assert set(rows) == {(d, s, k) for d in datasets for s in script.SCENARIOS for k in script.SCORES}
+    scenario_only = {"pooled": {"from_few_run"}, "duplicated": {"is_duplicated"}}  # context scores of one scenario
+    assert set(rows) == {(d, s, k) for d in datasets for s in script.SCENARIOS
+                         for k in (*script.SCORES, *scenario_only.get(s, ()))}
     for row in rows.values():
-        assert row["kind"] == ("mmh" if row["score"] in script.MMH_SCORES else "baseline")
+        assert row["kind"] == ("mmh" if row["score"] in script.MMH_SCORES else
+                               "baseline" if row["score"] in script.BASELINE_SCORES else "context")
         assert row["headline"] == (row["score"] == result["headline"])
         assert 0 <= row["n_copied"] <= row["n"] and row["n"] > 0
         assert _unit_or_nan(row["auroc"]) and _unit_or_nan(row["tpr_at_1pct_fpr"]), row

@@ -19,9 +19,10 @@ def test_quick_run_writes_every_size_history_and_plot(tmp_path, run_quick):
     assert [r["n"] for r in runs] == doc["config"]["sizes"] == [16, 64]
     for r in runs:
         assert r["train_probes"] == min(r["n"], doc["config"]["probes"])
+        assert r["heldout_probes"] == doc["config"]["probes"]
         assert len(r["history"]) == doc["config"]["steps"] // doc["config"]["check_every"]
         assert [h["step"] for h in r["history"]] == sorted(h["step"] for h in r["history"])
-        for key in ("lid_train", "lid_heldout", "gap", "true_lid_train_probes"):
+        for key in ("lid_train", "lid_heldout", "gap", "lid_train_median", "lid_heldout_median", "true_lid_train_probes"):
             assert math.isfinite(r[key]), key
         assert r["gap"] == pytest.approx(r["lid_heldout"] - r["lid_train"])
         assert 2 <= r["true_lid_train_probes"] <= 8  # the mixture's pieces are 2-, 4- and 8-dimensional
