@@ -174,6 +174,16 @@ def make_callbacks(monitor: MonitorConfig, remedies: RemedyConfig, train_x: Tens
     return callbacks
 
 
+def exit_after(main: Any) -> None:
+    """Runs a recipe's ``main()`` and exits with its code, shutting torch.distributed down first when a
+    launcher started it: a process that exits with a live gloo group can abort (SIGABRT) while the
+    interpreter finalizes, as gloo's worker threads release tensors after Python is gone."""
+    code = main()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    sys.exit(code)
+
+
 def world_size() -> int:
     """Processes started by ``accelerate launch`` / ``torchrun`` (1 under plain ``python``)."""
     return int(os.environ.get("WORLD_SIZE", "1"))

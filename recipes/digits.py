@@ -18,8 +18,8 @@ import torch
 from torch.utils.data import DataLoader
 
 import mmh_train
-from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, start_run, train_variants, validate,
-                    variant_result, write_run_report)
+from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, exit_after, start_run, train_variants,
+                    validate, variant_result, write_run_report)
 from mmh_train.config import ConfigError, load_config
 from mmh_train.data import DigitsDataset, load_digits
 from mmh_train.data.digits import DigitsData
@@ -125,4 +125,4 @@ def conditional_lid(module: Diffusion, callbacks, train: DigitsData, sigma: floa
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -24,7 +24,8 @@ from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader
 
 import mmh_train
-from common import MonitorConfig, RemedyConfig, TrainConfig, result_from_monitor, start_run, write_run_report
+from common import (MonitorConfig, RemedyConfig, TrainConfig, exit_after, result_from_monitor, start_run,
+                    write_run_report)
 from digits import DataConfig, ModelConfig, split_digits
 from mmh_train.audit import audit_csv
 from mmh_train.config import ConfigError, load_config
@@ -156,4 +157,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -15,6 +15,7 @@ import sys
 
 import digits
 import toy
+from common import exit_after
 
 RECIPES = {"toy": toy.main, "digits": digits.main}
 
@@ -32,4 +33,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

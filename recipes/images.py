@@ -29,8 +29,8 @@ from typing import Optional
 import torch
 from torch.utils.data import DataLoader
 
-from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, start_run, train_variants, validate,
-                    variant_result, write_run_report)
+from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, exit_after, start_run, train_variants,
+                    validate, variant_result, write_run_report)
 from mmh_train.config import ConfigError, load_config
 from mmh_train.data import ImageFolderDataset, find_image_files, load_image_folder
 from mmh_train.data.folder import ImageFolderData
@@ -172,4 +172,4 @@ def _csv_field(text: str) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, start_run, train_variants, validate,
-                    variant_result, write_run_report)
+from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, exit_after, start_run, train_variants,
+                    validate, variant_result, write_run_report)
 from mmh_train.config import ConfigError, load_config
 from mmh_train.data import ToyDataset, affine_mixture, inject_duplicates_in_sample
 from mmh_train.models import TimeMLP
@@ -91,4 +91,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_after(main)

@@ -101,3 +101,4 @@ json.dump({"rank": rank, "lightning": lightning, "plain_stopped_at": stopped_at,
            "plain_history": guard.monitor.history_tensor().nan_to_num(-1).tolist(),
            "sampler_shard": list(iter(sampler)), "sampler_full": sampler.full_draw().tolist()},
           open(OUT / f"rank{rank}.json", "w"))
+torch.distributed.destroy_process_group()  # before interpreter shutdown: a live gloo group can abort the process
