@@ -8,8 +8,6 @@ generator owned by the run, so a benchmark never touches the global RNGs and one
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import sys
 import time
@@ -22,11 +20,10 @@ from diffusers import DDPMScheduler
 from torch import Tensor
 
 import mmh_train
-from mmh_train.io import write_text_atomic
 from mmh_train.models import NullLabelDefault, TimeMLP
 from mmh_train.sampling import sample
 
-from _timing import code_version, machine_info
+from _timing import code_version, machine_info, print_run_header, write_output
 
 __all__ = ["TimestepLossTracker", "LowLossSkipping", "Trained", "train_diffusion", "generate", "copied_points",
            "per_sample_loss", "auroc", "tpr_at_fpr", "spearman", "precision_recall", "start_output",
@@ -296,24 +293,8 @@ def start_output(name: str, argv: Optional[Sequence[str]], seeds: Sequence[int],
     command = "python " + " ".join(shlex.quote(a) for a in [f"benchmarks/{name}.py", *argv])
     doc = {"benchmark": name, "command": command, "seeds": list(seeds), "machine": machine_info(),
            "code": code_version(REPO), "config": config, "quick": "--quick" in argv}
-    m = doc["machine"]
-    print(f"command: {command}    (git {doc['code']['git_commit']}{', with local changes' if doc['code']['git_dirty'] else ''})")
-    print(f"date:    {m['date']}    seeds: {list(seeds)}")
-    print(f"machine: {m['cpu_model']} ({m['logical_cpus']} logical), torch {m['torch']} with {m['torch_threads']} "
-          f"thread(s), CUDA: {m['cuda_device'] or 'none'}", flush=True)
+    print_run_header(command, doc["code"], doc["machine"], f"seeds: {list(seeds)}")
     return doc
-
-
-def write_output(doc: dict, path: os.PathLike | str, started: float) -> None:
-    doc["elapsed_s"] = round(time.perf_counter() - started, 1)
-    write_text_atomic(Path(path), json.dumps(doc, indent=1, default=_jsonable) + "\n")
-    print(f"\nwrote {path} ({doc['elapsed_s']:.0f} s)")
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Tensor):
-        return value.tolist()
-    raise TypeError(f"not JSON serialisable: {type(value)}")
 
 
 def print_table(rows: Sequence[dict], columns: Sequence[tuple[str, str, str]]) -> None:

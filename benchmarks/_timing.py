@@ -7,18 +7,22 @@ round-robin (one repeat of each in turn) so that a burst of load hits all of the
 
 from __future__ import annotations
 
+import argparse
 import datetime
+import json
 import os
 import platform
 import statistics
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 
-__all__ = ["Timing", "time_round_robin", "machine_info", "code_version", "cuda_sync"]
+__all__ = ["Timing", "time_round_robin", "machine_info", "code_version", "cuda_sync", "benchmark_parser",
+           "print_run_header", "write_output"]
 
 
 @dataclass
@@ -124,3 +128,39 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         info["diffusers"] = None
     return info
+
+
+def benchmark_parser(doc: str, default_out: Path, quick_help: str) -> argparse.ArgumentParser:
+    """The options every benchmark script has: ``--quick`` (the tiny run the tests make) and ``--out`` (JSON)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--out", type=Path, default=default_out, help=f"JSON output (default {default_out})")
+    return parser
+
+
+def print_run_header(command: str, code: Mapping[str, Any], machine: Mapping[str, Any], seeds: str,
+                     libraries: tuple[str, ...] = ("diffusers",)) -> None:
+    """Prints where a benchmark ran: the command and commit, the date and seeds, and the machine line."""
+    dirty = ", with local changes" if code["git_dirty"] else ""
+    versions = "".join(f"; {name} {machine.get(name)}" for name in libraries)
+    print(f"command: {command}    (git {code['git_commit']}{dirty})")
+    print(f"date:    {machine['date']}    {seeds}")
+    print(f"machine: {machine['platform']}; CPU {machine['cpu_model']} ({machine['logical_cpus']} logical); "
+          f"torch {machine['torch']} with {machine['torch_threads']} thread(s), OMP_NUM_THREADS="
+          f"{machine['OMP_NUM_THREADS']}{versions}; load average {machine.get('load_average_1_5_15min')}; "
+          f"CUDA: {machine['cuda_device'] or 'none'}", flush=True)
+
+
+def write_output(doc: dict, path: os.PathLike | str, started: float) -> None:
+    """Writes a benchmark's JSON atomically, with ``elapsed_s`` since ``started`` (a ``perf_counter`` time)."""
+    from mmh_train.io import write_text_atomic
+
+    doc["elapsed_s"] = round(time.perf_counter() - started, 1)
+    write_text_atomic(Path(path), json.dumps(doc, indent=1, default=_jsonable) + "\n")
+    print(f"\nwrote {path} ({doc['elapsed_s']:.0f} s)")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value)}")

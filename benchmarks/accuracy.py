@@ -38,11 +38,9 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-try:
-    from _harness import print_table, spearman, start_output, train_diffusion, write_output
-except ImportError:  # imported from elsewhere (the test loads this file by path)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _harness import print_table, spearman, start_output, train_diffusion, write_output
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helpers, also when loaded by path
+from _harness import print_table, spearman, start_output, train_diffusion, write_output  # noqa: E402
+from _timing import benchmark_parser  # noqa: E402
 
 import mmh_train
 from mmh_train.data import affine_mixture, sphere, squiggly_mixture
@@ -348,9 +346,7 @@ def print_goals(g: dict[str, Any]) -> None:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke run of a few seconds")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
+    p = benchmark_parser(__doc__, DEFAULT_OUT, "tiny sizes: a smoke run of a few seconds")
     p.add_argument("--seed", type=int, default=None, help="data, weights, training noise (default 0)")
     p.add_argument("--datasets", nargs="+", default=None, choices=Config.datasets, help="subset of the suite")
     p.add_argument("--steps", type=int, default=None, help="training steps per data set in R^10 (default 10000)")

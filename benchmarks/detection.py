@@ -67,11 +67,9 @@ import mmh_train
 from mmh_train.data import affine_mixture, inject_duplicates, load_digits
 from mmh_train.memorization import DD, OD
 
-try:
-    import _harness as H
-except ImportError:  # imported from elsewhere (the test loads this file by path)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import _harness as H
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helpers, also when loaded by path
+from _timing import benchmark_parser  # noqa: E402
+import _harness as H  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "detection.json"
 
@@ -351,9 +349,7 @@ def run_dataset(dc: DataConfig, cfg: Config, seed: int, log: Callable[[str], Non
 
 # ---------------------------------------------------------------- main
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny sizes and a few hundred steps (the test runs this)")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
+    p = benchmark_parser(__doc__, DEFAULT_OUT, "tiny sizes and a few hundred steps (the test runs this)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--datasets", default=None, help="comma-separated subset of toy,digits")
     p.add_argument("--sigma", action="append", default=[], metavar="DATASET=SIGMA",

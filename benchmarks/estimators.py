@@ -23,7 +23,6 @@ does not depend on training. With CUDA available it repeats the table there and 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import shlex
 import sys
@@ -39,11 +38,9 @@ from torch import Tensor, nn
 import mmh_train
 from mmh_train.context import fell_back
 
-try:
-    from _timing import Timing, code_version, cuda_sync, machine_info, time_round_robin
-except ImportError:  # imported from elsewhere (the test loads this file by path)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _timing import Timing, code_version, cuda_sync, machine_info, time_round_robin
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helpers, also when loaded by path
+from _timing import (Timing, benchmark_parser, code_version, cuda_sync, machine_info, print_run_header,  # noqa: E402
+                     time_round_robin, write_output)
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "estimators.json"
 
@@ -393,9 +390,7 @@ def format_precision(entries: list[dict]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny sizes, R = 1: a smoke run of a few seconds")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
+    p = benchmark_parser(__doc__, DEFAULT_OUT, "tiny sizes, R = 1: a smoke run of a few seconds")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: CPU, plus CUDA (with bf16 vs fp32) when available; cpu or cuda: that device only")
     p.add_argument("--seed", type=int, default=None, help="points, weights and probes (default 0)")
@@ -425,12 +420,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = "python benchmarks/estimators.py" + (" " + shlex.join(argv) if argv else "")
     machine = machine_info()
     code = code_version(Path(__file__).resolve().parent.parent)
-    print(f"command: {command}    (git {code['git_commit']}{', with local changes' if code['git_dirty'] else ''})")
-    print(f"date:    {machine['date']}    seed: {cfg.seed}")
-    print(f"machine: {machine['platform']}; CPU {machine['cpu_model']} ({machine['logical_cpus']} logical); "
-          f"torch {machine['torch']} with {machine['torch_threads']} thread(s), OMP_NUM_THREADS="
-          f"{machine['OMP_NUM_THREADS']}; diffusers {machine['diffusers']}; load average "
-          f"{machine.get('load_average_1_5_15min')}; CUDA: {machine['cuda_device'] or 'none'}")
+    print_run_header(command, code, machine, f"seed: {cfg.seed}")
     print(f"sigma = {cfg.sigma}, batch = {cfg.batch}, R = {cfg.repeats} (slow rows {cfg.slow_repeats}), "
           f"Hutchinson probes = {cfg.hutchinson_probes}")
 
@@ -471,10 +461,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["gpu"] = {"ran": False, "reason": reason}
         print(f"\nGPU part skipped: {reason}.")
 
-    result["elapsed_s"] = time.perf_counter() - started
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out} ({result['elapsed_s']:.0f} s)")
+    write_output(result, args.out, started)
     return result
 
 

@@ -27,6 +27,7 @@ import mmh_train
 from mmh_train.data import affine_mixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helpers, also when loaded by path
+from _timing import benchmark_parser  # noqa: E402
 from _harness import copied_points, generate, print_table, start_output, train_diffusion, write_output  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -49,12 +50,10 @@ class Config:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="two tiny runs, for the test suite")
+    parser = benchmark_parser(__doc__, RESULTS / "lid_vs_n.json", "two tiny runs, for the test suite")
     parser.add_argument("--sizes", type=int, nargs="+", help="training-set sizes N")
     parser.add_argument("--steps", type=int, help="training steps for every N")
     parser.add_argument("--seed", type=int)
-    parser.add_argument("--out", type=Path, default=RESULTS / "lid_vs_n.json", help="JSON path")
     parser.add_argument("--plot", type=Path, default=RESULTS / "lid_vs_n.png", help="PNG path")
     args = parser.parse_args(argv)
     for name in ("sizes", "steps"):

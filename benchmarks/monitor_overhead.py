@@ -35,7 +35,6 @@ between checks at which a check would cost 3 % of training.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import shlex
@@ -51,11 +50,8 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-try:
-    from _timing import code_version, machine_info
-except ImportError:  # imported from elsewhere (the test loads this file by path)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _timing import code_version, machine_info
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helpers, also when loaded by path
+from _timing import benchmark_parser, code_version, machine_info, print_run_header, write_output  # noqa: E402
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "monitor_overhead.json"
 
@@ -349,9 +345,7 @@ def format_table(rows: list[dict], cfg: Config) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="tiny sizes, R = 1: a smoke run of a few seconds")
-    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON output (default {DEFAULT_OUT})")
+    p = benchmark_parser(__doc__, DEFAULT_OUT, "tiny sizes, R = 1: a smoke run of a few seconds")
     p.add_argument("--seed", type=int, default=None, help="data, weights, noise and loader order (default 0)")
     p.add_argument("--repeats", type=int, default=None, help="runs R of every configuration (default 4; 1 with --quick)")
     p.add_argument("--steps-per-epoch", type=int, default=None, help="batches per epoch (default 500)")
@@ -385,12 +379,7 @@ def main(argv: list[str] | None = None) -> dict:
     import lightning
 
     machine["lightning"] = lightning.__version__
-    print(f"command: {command}    (git {code['git_commit']}{', with local changes' if code['git_dirty'] else ''})")
-    print(f"date:    {machine['date']}    seed: {cfg.seed}")
-    print(f"machine: {machine['platform']}; CPU {machine['cpu_model']} ({machine['logical_cpus']} logical); "
-          f"torch {machine['torch']} with {machine['torch_threads']} thread(s), OMP_NUM_THREADS="
-          f"{machine['OMP_NUM_THREADS']}; lightning {machine['lightning']}; load average "
-          f"{machine.get('load_average_1_5_15min')}; CUDA: {machine['cuda_device'] or 'none'}")
+    print_run_header(command, code, machine, f"seed: {cfg.seed}", libraries=("lightning",))
 
     train, heldout, n_dup = make_data(cfg)
     module_class = build_module_class()
@@ -473,14 +462,11 @@ def main(argv: list[str] | None = None) -> dict:
             run.pop("_params")
     result["rows"] = rows
     result["runs"] = runs
-    result["elapsed_s"] = time.perf_counter() - started
     try:
         result["machine"]["load_average_at_end"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
         pass
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"\nwrote {args.out} ({result['elapsed_s']:.0f} s)")
+    write_output(result, args.out, started)
     return result
 
 

@@ -38,7 +38,6 @@ as they were.
 
 from __future__ import annotations
 
-import argparse
 import math
 import statistics
 import sys
@@ -50,11 +49,9 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
-try:
-    from _harness import LowLossSkipping, generate, print_table, start_output, train_diffusion, write_output
-except ImportError:  # imported from elsewhere (the test loads this file by path)
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _harness import LowLossSkipping, generate, print_table, start_output, train_diffusion, write_output
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helpers, also when loaded by path
+from _harness import LowLossSkipping, generate, print_table, start_output, train_diffusion, write_output  # noqa: E402
+from _timing import benchmark_parser  # noqa: E402
 
 import mmh_train
 from mmh_train.data import affine_mixture, inject_duplicates, inject_duplicates_in_sample, load_digits
@@ -301,8 +298,7 @@ RUN_WIDTHS = [6, 14, 4, 9, 8, 7, 5, 7, 0]
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, one seed (the test runs this)")
+    parser = benchmark_parser(__doc__, DEFAULT_OUT, "tiny sizes, one seed (the test runs this)")
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="default 0 1 2 (quick: 0)")
     parser.add_argument("--datasets", nargs="+", choices=DATASETS, default=list(DATASETS))
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
@@ -317,7 +313,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--digits-steps", type=int, default=None)
     parser.add_argument("--digits-n-train", type=int, default=None)
     parser.add_argument("--digits-dup", type=float, nargs=2, default=None, metavar=("FRACTION", "COPIES"))
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     torch.set_num_threads(1)

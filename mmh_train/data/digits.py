@@ -19,6 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .image_set import ImageSet
+
 from .._checks import check_positive_int
 from .toy import _check_dtype, _resolve_generator
 
@@ -29,7 +31,7 @@ NUM_DIGITS = 1797
 
 
 @dataclass(frozen=True, eq=False)
-class DigitsData:
+class DigitsData(ImageSet):
     """Digit images with their labels.
 
     Attributes:
@@ -43,14 +45,6 @@ class DigitsData:
     images: Tensor
     labels: Tensor
     index: Tensor
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def size(self) -> int:
-        """Side length of the images."""
-        return int(self.images.shape[-1])
 
 
 class DigitsDataset(Dataset):

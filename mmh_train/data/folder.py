@@ -26,6 +26,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .image_set import ImageSet
+
 __all__ = ["IMAGE_EXTENSIONS", "ImageFolderData", "ImageFolderDataset", "find_image_files", "load_image_folder"]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
@@ -33,7 +35,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif")
 
 
 @dataclass(frozen=True, eq=False)
-class ImageFolderData:
+class ImageFolderData(ImageSet):
     """Images read from a folder.
 
     Attributes:
@@ -47,19 +49,6 @@ class ImageFolderData:
     images: Tensor
     files: tuple[str, ...]
     index: Tensor
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    @property
-    def size(self) -> int:
-        """Side length of the images."""
-        return int(self.images.shape[-1])
-
-    @property
-    def channels(self) -> int:
-        """1 (grayscale) or 3 (RGB)."""
-        return int(self.images.shape[1])
 
     def select(self, rows: Tensor) -> "ImageFolderData":
         """The images at positions ``rows`` (a 1-D long tensor), with their files and index."""
