@@ -17,6 +17,7 @@ from .lid import (
     reference_lid,
 )
 from .copies import CopyReport, detect_copies, nearest_neighbour_ratio
+from .memorized import MemorizedPoints, memorized_points
 from .integrations import MemorizationGuard, MemorizationStopper
 from .memorization import LABEL_NAMES, MemorizationLabels, classify_memorization, collapse_score
 from .monitor import CheckResult, MemorizationMonitor
@@ -35,7 +36,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "LABEL_NAMES", "CheckResult", "CopyReport", "MemorizationGuard", "MemorizationLabels", "MemorizationMonitor",
-    "MemorizationStopper", "classify_memorization", "collapse_score", "detect_copies", "nearest_neighbour_ratio",
+    "MemorizationStopper", "MemorizedPoints", "memorized_points", "classify_memorization", "collapse_score", "detect_copies", "nearest_neighbour_ratio",
     "Denoiser", "MemorizerDenoiser", "as_denoiser", "decoder_jacobian_lid", "diffusers_denoiser", "edm_denoiser",
     "flipd", "flipd_at_knee", "flipd_curve", "flipd_estimate", "flow_matching_denoiser", "memorizer_flipd",
     "normal_bundle_lid", "rectified_flow_denoiser", "reference_lid", "ve_denoiser", "vp_denoiser",

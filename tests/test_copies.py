@@ -1,5 +1,6 @@
 """Tests for mmh_train.copies: the nearest-neighbour ratio against a torch.cdist brute force, copy
-detection on exact and noisy copies, fresh samples, duplicated training points, and bad inputs."""
+detection on exact and noisy copies, fresh samples, duplicated training points, the control (chance rate,
+excess and its interval) and bad inputs."""
 
 from __future__ import annotations
 
@@ -45,8 +46,8 @@ def test_ratio_deduplicates_the_training_set():
     assert bool((raw[:3] == 1).all()) and bool((expected[:3] < 0.01).all())
 
 
-@pytest.mark.parametrize("method", ["ratio", "calibrated"])
-def test_copies_are_detected_and_fresh_samples_are_not(method):
+def test_copies_are_detected_and_fresh_samples_are_not():
+    method = "ratio"
     train = _points(200, 32, 4)
     exact = train[:20]
     noisy = train[20:50] + 1e-3 * _points(30, 32, 5)
@@ -60,45 +61,67 @@ def test_copies_are_detected_and_fresh_samples_are_not(method):
     assert detect_copies(fresh, train, method=method).copy_rate <= 0.05
 
 
-def test_default_thresholds_per_method():
+def test_default_threshold():
     train = _points(50, 4, 7)
     assert detect_copies(train[:2], train).threshold == pytest.approx(1 / 3)
-    assert detect_copies(train[:2], train, method="calibrated").threshold == pytest.approx(0.8)
     assert detect_copies(train[:2], train, threshold=0.1).threshold == 0.1
+
+
+def test_calibrated_method_is_refused_with_the_reason():
+    train = _points(50, 4, 7)
+    with pytest.raises(ValueError, match=r"'calibrated' was removed.*57-66 %.*control="):
+        detect_copies(train[:2], train, method="calibrated")
 
 
 def test_copies_of_a_duplicated_training_point_are_still_detected():
     train = _points(100, 16, 8)
     train = torch.cat([train[:40], train[7:8].repeat(5, 1), train[40:]])  # index 7 now has 5 more copies
     generated = torch.stack([train[7], train[7] + 1e-3, train[50] + 1e-3])
-    for method in ("ratio", "calibrated"):
-        report = detect_copies(generated, train, method=method)
-        assert report.is_copy.tolist() == [True, True, True]
-        assert report.nearest.tolist() == [7, 7, 50]  # index into the original rows, lowest of the group
-        assert report.nearest_count.tolist() == [6, 6, 1]
-        assert torch.equal(train[report.nearest[0]], train[7])
+    report = detect_copies(generated, train)
+    assert report.is_copy.tolist() == [True, True, True]
+    assert report.nearest.tolist() == [7, 7, 50]  # index into the original rows, lowest of the group
+    assert report.nearest_count.tolist() == [6, 6, 1]
+    assert torch.equal(train[report.nearest[0]], train[7])
 
 
-def test_calibrated_score_matches_its_definition():
-    train, generated = _points(80, 6, 9, torch.float64), _points(12, 6, 10, torch.float64)
-    k = 4
-    report = detect_copies(generated, train, method="calibrated", calibration_k=k)
-    d = torch.cdist(generated, train)
-    nn1 = d.argmin(1)
-    own = torch.cdist(train[nn1], train)
-    own[torch.arange(12), nn1] = math.inf  # NN1 is not its own neighbour
-    scale = own.topk(k, dim=1, largest=False).values.mean(1)
-    torch.testing.assert_close(report.score, d.min(1).values / scale)
-    assert torch.equal(report.nearest, nn1)
-    assert torch.equal(report.is_copy, report.score < 0.8)
+# --------------------------------------------------------------------------- the control
 
 
-def test_calibrated_scale_ignores_duplicates_of_nn1():
-    train = _points(40, 6, 11, torch.float64)
-    generated = train[3:4] + 0.05
-    base = detect_copies(generated, train, method="calibrated")
-    duplicated = detect_copies(generated, torch.cat([train, train[3:4].repeat(3, 1)]), method="calibrated")
-    torch.testing.assert_close(duplicated.score, base.score)  # duplicates at distance 0 don't shrink the scale
+def _plane_points(n: int, seed: int) -> torch.Tensor:
+    """Uniform points on a 2-d square embedded in R^6: a generalizer's chance rate is large there."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.rand(n, 2, generator=g, dtype=torch.float64), torch.zeros(n, 4, dtype=torch.float64)], 1)
+
+
+def test_control_measures_the_chance_rate_of_a_perfect_generalizer():
+    train = _plane_points(100, 20)
+    fresh, control = _plane_points(4000, 21), _plane_points(4000, 22)
+    report = detect_copies(fresh, train, control=control)
+    # On a 2-d piece the ratio test fires by chance about (1/3)^2 ≈ 11 % of the time ...
+    assert 0.06 < report.copy_rate < 0.16 and 0.06 < report.control_rate < 0.16
+    # ... and the control takes it out: the excess of fresh draws is ~0, inside its interval.
+    low, high = report.excess_interval
+    assert report.excess_rate == pytest.approx(report.copy_rate - report.control_rate)
+    assert low < 0.0 < high and high - low < 0.04
+    assert report.n_generated == 4000 and report.n_control == 4000
+    assert "control" in report.summary() and "excess" in report.summary()
+
+
+def test_control_counts_the_same_test():
+    train = _plane_points(60, 23)
+    control = _plane_points(300, 24)
+    report = detect_copies(train[:30] + 1e-6, train, control=control)
+    expected = float((_brute_ratio(control, train) < 1 / 3).double().mean())
+    assert report.control_rate == pytest.approx(expected)
+    assert report.copy_rate == 1.0 and report.excess_rate == pytest.approx(1.0 - expected)
+    assert report.excess_interval[0] > 0.5  # copies far above chance
+
+
+def test_without_a_control_the_report_says_so():
+    train = _points(50, 4, 7)
+    report = detect_copies(train[:3], train)
+    assert report.control_rate is None and report.excess_rate is None and report.excess_interval is None
+    assert "no control" in report.summary()
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -113,12 +136,14 @@ TRAIN = _points(10, 4, 12)
     (TRAIN[:2], TRAIN[:, :3], {}, ValueError, r"4 features but training points have 3.*same space"),
     (torch.full((2, 4), math.nan), TRAIN, {}, ValueError, r"generated has NaN or Inf in 2 row"),
     (TRAIN[:2], TRAIN[:1].repeat(5, 1), {}, ValueError, r"at least 2 distinct points.*only 1.*5 rows"),
-    (TRAIN[:2], TRAIN[:4], {"method": "calibrated"}, ValueError, r"at least 6 distinct.*calibration_k=5"),
-    (TRAIN[:2], TRAIN, {"method": "l2"}, ValueError, r"method='l2'.*'ratio', 'calibrated'"),
-    (TRAIN[:2], TRAIN, {"threshold": 0.0}, ValueError, r"threshold must be finite and > 0.*0.3333"),
+    (TRAIN[:2], TRAIN, {"method": "l2"}, ValueError, r"method='l2'.*\('ratio',\)"),
+    (TRAIN[:2], TRAIN, {"threshold": 0.0}, ValueError, r"threshold must be finite and > 0.*default 1/3"),
     (TRAIN[:2], TRAIN, {"threshold": math.nan}, ValueError, r"threshold must be finite"),
     (TRAIN[:2], TRAIN, {"threshold": "1/3"}, TypeError, r"threshold must be a number > 0 or None"),
-    (TRAIN[:2], TRAIN, {"calibration_k": 0}, ValueError, r"calibration_k must be an integer ≥ 1"),
+    (TRAIN[:2], TRAIN, {"control": TRAIN[3:6]}, ValueError, r"3 of 3 control points are exact copies of training"),
+    (TRAIN[:2], TRAIN, {"control": TRAIN[:2, :3] + 5}, ValueError, r"control points have 3 features"),
+    (TRAIN[:2], TRAIN, {"control": torch.full((2, 4), math.nan)}, ValueError, r"control has NaN or Inf"),
+    (TRAIN[:2], TRAIN, {"confidence": 1.0}, ValueError, r"confidence must be in \(0, 1\)"),
 ])
 def test_detect_copies_bad_inputs(generated, train, kwargs, error, match):
     with pytest.raises(error, match=match):
