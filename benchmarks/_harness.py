@@ -11,6 +11,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -25,7 +26,7 @@ from mmh_train.sampling import sample
 
 from _timing import code_version, machine_info, print_run_header, write_output
 
-__all__ = ["TimestepLossTracker", "LowLossSkipping", "Trained", "train_diffusion", "generate", "copied_points",
+__all__ = ["TimestepLossTracker", "LowLossSkipping", "Trained", "train_diffusion", "generate", "memorized_truth",
            "per_sample_loss", "auroc", "tpr_at_fpr", "spearman", "precision_recall", "start_output",
            "write_output", "print_table", "REPO"]
 
@@ -194,19 +195,22 @@ def generate(trained: Trained, n: int, *, seed: int, class_labels: Optional[Tens
                   generator=torch.Generator().manual_seed(seed), class_labels=class_labels)
 
 
-def copied_points(generated: Tensor, train: Tensor, *, group: Optional[Tensor] = None) -> tuple[Tensor, float]:
-    """Ground truth of memorization per training point: some generated sample copies it.
+def memorized_truth(generated: Tensor, train: Tensor, control: Tensor) -> dict[str, Any]:
+    """Ground truth of memorization per training point, with its control.
 
-    A generated sample copies its nearest training point when the nearest-neighbour distance ratio is
-    below 1/3 (:func:`mmh_train.detect_copies`). ``group`` (``[N]``, duplicate-group id) marks every
-    member of a copied duplicate group as copied. Returns (``[N]`` bool, the samples' copy rate).
+    ``memorized`` (``[N]`` bool) comes from :func:`mmh_train.memorized_points` (samples within a quarter
+    of a point's spacing, against the control points there; exact duplicates share one verdict); the copy
+    rate of the samples (nearest-neighbour ratio < 1/3) is given next to the control's and the excess.
     """
-    report = mmh_train.detect_copies(generated, train)
-    copied = torch.zeros(len(train), dtype=torch.bool)
-    copied[report.nearest[report.is_copy]] = True
-    if group is not None:
-        copied = torch.isin(group, group[copied])
-    return copied, report.copy_rate
+    copies = mmh_train.detect_copies(generated, train, control=control)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        truth = mmh_train.memorized_points(generated, train, control)
+    return {"memorized": truth.memorized, "memorized_fraction": truth.fraction, "copy_rate": copies.copy_rate,
+            "control_copy_rate": copies.control_rate, "excess_copy_rate": copies.excess_rate,
+            "excess_interval": list(copies.excess_interval), "n_samples": truth.n_samples,
+            "n_control": truth.n_control, "min_count": truth.min_count,
+            "underpowered": any("cannot show memorization" in str(w.message) for w in caught)}
 
 
 @torch.no_grad()

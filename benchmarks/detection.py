@@ -20,8 +20,15 @@ Controlled memorization on two data sets, the toy mixture (Gaussians on affine s
       get a label of their own; each point is scored conditioned on its own label (unique or class), and
       its truth comes from samples drawn conditioned on the unique labels and on every class.
 
-Ground truth per training point: some sample of the model copies it (nearest-neighbour ratio < 1/3,
-``_harness.copied_points``). Scores, higher = more memorized:
+Ground truth per training point: ``mmh_train.memorized_points`` — the model's samples pile up within a
+quarter of the point's spacing more often than control points do there (exact conditional binomial test,
+Benjamini–Hochberg at 5 %, and at least twice the control's size-scaled count). The control is data no
+model produced: fresh draws of the mixture (toy) or the digits not trained on, drawn with the same mix of
+classes as the samples in the conditional scenario. A generalizing model triggers it on ≤ 1 % of points
+whatever the piece's dimension, unlike the earlier truth "some sample's NN ratio < 1/3", which fired by
+chance on ~11 % of the samples near 2-d pieces. The model draws ``per_point`` (20) samples per training
+point (at least ``n_generate``); where the control is too small for that to show anything (digits,
+large N) the run says so. Scores, higher = more memorized:
 
   mmh_train (from the monitor's last check, σ fixed per data set):
     ``od_gap``        LID* − LID_θ with the monitor's model-free data reference (the OD score it labels with);
@@ -111,9 +118,10 @@ class DataConfig:
 class Config:
     seed: int = 0
     checks: int = 8  # monitor checks per run (every steps // checks steps)
-    n_generate: int = 2000  # ground-truth samples per unconditional run
+    n_generate: int = 2000  # ground-truth samples per unconditional run (at least; see per_point)
+    per_point: int = 20  # ground-truth samples per training point
     n_per_unique: int = 50  # ground-truth samples per unique label (conditional run)
-    n_per_class: int = 200  # ground-truth samples per class (conditional run)
+    n_per_class: int = 200  # ground-truth samples per class (conditional run; at least, see per_point)
     heldout_k: int = 5  # held-out neighbours of the "heldout" reference
     data: list = field(default_factory=lambda: [
         DataConfig("toy", few=64, many=1024, mid=128, dup_base=256, dup_fraction=0.1, dup_copies=8, cond_n=512,
@@ -124,7 +132,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(checks=3, n_generate=200, n_per_unique=10, n_per_class=20, data=[
+        return cls(checks=3, n_generate=200, per_point=4, n_per_unique=10, n_per_class=20, data=[
             DataConfig("toy", few=24, many=96, mid=48, dup_base=48, dup_fraction=0.1, dup_copies=4, cond_n=48,
                        n_unique=3, steps=150, sigma=0.3, reference_k=8, n_heldout=32, width=64),
             DataConfig("digits", few=24, many=96, mid=48, dup_base=48, dup_fraction=0.1, dup_copies=4, cond_n=48,
@@ -135,12 +143,14 @@ class Config:
 # ---------------------------------------------------------------- data
 @dataclass
 class Pool:
-    """A data set's points (``[M, D]``), class labels and true LID (toy only), drawn once per seed."""
+    """A data set's points (``[M, D]``), class labels and true LID (toy only), drawn once per seed; ``spec``
+    draws fresh points of the toy mixture (None for digits)."""
 
     x: Tensor
     labels: Tensor
     num_classes: int
     lid: Optional[Tensor]
+    spec: Any = None
 
 
 def make_pool(dc: DataConfig, seed: int) -> Pool:
@@ -149,7 +159,7 @@ def make_pool(dc: DataConfig, seed: int) -> Pool:
         n = max(dc.few, dc.many, dc.mid, dc.dup_base, dc.cond_n) * 2 + dc.n_heldout
         sample = affine_mixture(n, dims=(2, 4, 8), ambient_dim=10, generator=g)
         order = torch.randperm(n, generator=g)  # mixed components, so any prefix is a fair draw
-        return Pool(sample.x[order].float(), sample.component[order].long(), 3, sample.lid[order].float())
+        return Pool(sample.x[order].float(), sample.component[order].long(), 3, sample.lid[order].float(), sample.spec)
     digits = load_digits(size=8)
     order = torch.randperm(len(digits), generator=g)
     x = digits.images.reshape(len(digits), -1)[order].float()
@@ -160,6 +170,32 @@ def split(pool: Pool, dc: DataConfig) -> tuple[Tensor, Tensor]:
     """(held-out points, indices of the pool usable for training): the held-out set is the pool's tail."""
     heldout = pool.x[-dc.n_heldout:]
     return heldout, torch.arange(len(pool.x) - dc.n_heldout)
+
+
+def make_control(pool: Pool, train_rows: Tensor, wanted: Tensor, seed: int) -> Tensor:
+    """Points no model produced, for the ground truth: ``wanted[c]`` of class c, scaled down alike where the
+    digits run short (so the classes keep the samples' proportions). Toy: fresh draws of the mixture; digits:
+    pool images outside ``train_rows`` that equal no training image."""
+    g = torch.Generator().manual_seed(seed + 404)
+    if pool.spec is not None:
+        fresh = pool.spec.sample(int(wanted.sum()) * 4 + 1000, generator=g)
+        x, labels = fresh.x.float(), fresh.component
+    else:
+        rest = torch.ones(len(pool.x), dtype=torch.bool)
+        rest[train_rows] = False
+        x, labels = pool.x[rest], pool.labels[rest]
+        unseen = torch.cdist(x, pool.x[train_rows]).min(1).values > 0  # no exact twin of a training image
+        x, labels = x[unseen], labels[unseen]
+        order = torch.randperm(len(x), generator=g)
+        x, labels = x[order], labels[order]
+    available = torch.bincount(labels, minlength=len(wanted))
+    scale = min(1.0, min(float(available[c]) / float(wanted[c]) for c in range(len(wanted)) if wanted[c] > 0))
+    picks = [torch.nonzero(labels == c).flatten()[:int(scale * float(wanted[c]))] for c in range(len(wanted))]
+    return x[torch.cat(picks)]
+
+
+def class_counts(labels: Tensor, num_classes: int) -> Tensor:
+    return torch.bincount(labels, minlength=num_classes)
 
 
 # ---------------------------------------------------------------- one run
@@ -186,13 +222,13 @@ def nearest_distance(train: Tensor, generated: Tensor) -> Tensor:
     return torch.cdist(train.double(), generated.double()).min(1).values
 
 
-def run_case(x: Tensor, heldout: Tensor, dc: DataConfig, cfg: Config, *, seed: int,
+def run_case(x: Tensor, heldout: Tensor, dc: DataConfig, cfg: Config, *, seed: int, control: Callable[[int], Tensor],
              labels: Optional[Tensor] = None, num_classes: Optional[int] = None,
-             heldout_labels: Optional[Tensor] = None, group: Optional[Tensor] = None,
-             sample_labels: Optional[Tensor] = None) -> dict[str, Any]:
+             heldout_labels: Optional[Tensor] = None, sample_labels: Optional[Tensor] = None) -> dict[str, Any]:
     """Trains one model on ``x`` with the monitor and returns per-point scores (rows of ``x``), the truth
-    and the monitor's labels. Conditional runs give ``labels`` (per row, possibly unique) and the labels
-    to draw the ground-truth samples with (``sample_labels``)."""
+    and the monitor's labels. ``control(G)`` gives the control points for ``G`` unconditional samples
+    (conditional runs bring their own, matched to ``sample_labels``). Conditional runs give ``labels`` (per
+    row, possibly unique) and the labels to draw the ground-truth samples with (``sample_labels``)."""
     n = len(x)
     options: dict[str, Any] = {}
     if labels is not None:
@@ -208,12 +244,15 @@ def run_case(x: Tensor, heldout: Tensor, dc: DataConfig, cfg: Config, *, seed: i
 
     # ground truth and the generated-sample baseline (an independent set)
     if sample_labels is None:
-        truth_samples = H.generate(trained, cfg.n_generate, seed=seed + 1000)
+        n_truth = max(cfg.n_generate, cfg.per_point * n)
+        truth_samples = H.generate(trained, n_truth, seed=seed + 1000)
         other_samples = H.generate(trained, cfg.n_generate, seed=seed + 2000)
+        control_points = control(n_truth)
     else:
         truth_samples = H.generate(trained, len(sample_labels), seed=seed + 1000, class_labels=sample_labels)
         other_samples = H.generate(trained, len(sample_labels), seed=seed + 2000, class_labels=sample_labels)
-    copied, copy_rate = H.copied_points(truth_samples, x, group=group)
+        control_points = control(len(sample_labels))
+    truth = H.memorized_truth(truth_samples, x, control_points)
 
     def per_row(values: Tensor) -> Tensor:
         out = torch.full((n,), math.nan, dtype=torch.float64)
@@ -240,7 +279,7 @@ def run_case(x: Tensor, heldout: Tensor, dc: DataConfig, cfg: Config, *, seed: i
         "neg_nn_dist": -nearest_distance(x, other_samples),
         "neg_lid_star": -ref,
     }
-    return {"scores": scores, "copied": copied, "copy_rate": copy_rate, "label": label, "lid": lid, "lid_ref": ref,
+    return {"scores": scores, "copied": truth["memorized"], "truth": truth, "label": label, "lid": lid, "lid_ref": ref,
             "lid_heldout_mean": float(result.lid_heldout.nanmean()), "seconds": trained.seconds,
             "steps": trained.steps_done}
 
@@ -276,24 +315,36 @@ def point_record(run: dict[str, Any], rows: slice = slice(None), **extra: Tensor
 def run_dataset(dc: DataConfig, cfg: Config, seed: int, log: Callable[[str], None]) -> dict[str, Any]:
     pool = make_pool(dc, seed)
     heldout, usable = split(pool, dc)
+
+    def unconditional_control(rows: Tensor) -> Callable[[int], Tensor]:
+        # every class of the data in its own proportion: the pool's class mix (its draws are random)
+        share = class_counts(pool.labels, pool.num_classes).double() / len(pool.labels)
+        return lambda g: make_control(pool, rows, (share * g).round().long(), seed)
     rows, runs, dd_od, points = [], {}, None, {}
 
     def summary(name: str, run: dict, extra: str = "") -> None:
         c = run["copied"]
-        log(f"  {dc.name:6s} {name:11s} N={len(c):5d}  copied {int(c.sum()):4d} ({c.double().mean():.0%})  sample copy "
-            f"rate {run['copy_rate']:.2f}  LID_θ train {run['lid'].nanmean():.2f} / held-out "
-            f"{run['lid_heldout_mean']:.2f}  train {run['seconds']:.0f} s{extra}")
-        runs[name] = {"n": len(c), "n_copied": int(c.sum()), "sample_copy_rate": run["copy_rate"],
+        t = run["truth"]
+        log(f"  {dc.name:6s} {name:11s} N={len(c):5d}  memorized {int(c.sum()):4d} ({c.double().mean():.0%})  "
+            f"copies {t['copy_rate']:.1%} / control {t['control_copy_rate']:.1%} / excess "
+            f"{t['excess_copy_rate']:+.1%}  (G={t['n_samples']}, M={t['n_control']}, min count {t['min_count']})  "
+            f"LID_θ train {run['lid'].nanmean():.2f} / held-out {run['lid_heldout_mean']:.2f}  "
+            f"train {run['seconds']:.0f} s{extra}")
+        runs[name] = {"n": len(c), "n_copied": int(c.sum()), "sample_copy_rate": t["copy_rate"],
+                      "control_copy_rate": t["control_copy_rate"], "excess_copy_rate": t["excess_copy_rate"],
+                      "excess_interval": t["excess_interval"], "n_samples": t["n_samples"],
+                      "n_control": t["n_control"], "min_count": t["min_count"],
                       "lid_train_mean": float(run["lid"].nanmean()), "lid_heldout_mean": run["lid_heldout_mean"],
                       "lid_ref_mean": float(run["lid_ref"].nanmean()), "train_seconds": round(run["seconds"], 1),
                       "steps": run["steps"]}
 
     # (a), (b) and their pool
-    few = run_case(pool.x[usable[:dc.few]], heldout, dc, cfg, seed=seed)
+    few = run_case(pool.x[usable[:dc.few]], heldout, dc, cfg, seed=seed, control=unconditional_control(usable[:dc.few]))
     summary("few", few)
-    many = run_case(pool.x[usable[:dc.many]], heldout, dc, cfg, seed=seed)
+    many = run_case(pool.x[usable[:dc.many]], heldout, dc, cfg, seed=seed,
+                    control=unconditional_control(usable[:dc.many]))
     summary("many", many)
-    mid = run_case(pool.x[usable[:dc.mid]], heldout, dc, cfg, seed=seed)
+    mid = run_case(pool.x[usable[:dc.mid]], heldout, dc, cfg, seed=seed, control=unconditional_control(usable[:dc.mid]))
     summary("mid", mid)
     points["few"], points["many"], points["mid"] = point_record(few), point_record(many), point_record(mid)
     rows += scenario_rows(dc.name, "few", few["scores"], few["copied"], f"N={dc.few}")
@@ -308,7 +359,7 @@ def run_dataset(dc: DataConfig, cfg: Config, seed: int, log: Callable[[str], Non
     base = pool.x[usable[:dc.dup_base]]
     dup = inject_duplicates(base, fraction=dc.dup_fraction, copies=dc.dup_copies,
                             generator=torch.Generator().manual_seed(seed + 202))
-    run = run_case(dup.x, heldout, dc, cfg, seed=seed, group=dup.group)
+    run = run_case(dup.x, heldout, dc, cfg, seed=seed, control=unconditional_control(usable[:dc.dup_base]))
     summary("duplicated", run)
     m = dup.num_original
     scores = {k: v[:m] for k, v in run["scores"].items()}
@@ -331,11 +382,15 @@ def run_dataset(dc: DataConfig, cfg: Config, seed: int, log: Callable[[str], Non
     own = cls.clone()
     own[chosen] = pool.num_classes + torch.arange(dc.n_unique)
     num_classes = pool.num_classes + dc.n_unique
-    sample_labels = torch.cat([torch.arange(pool.num_classes).repeat_interleave(cfg.n_per_class),
+    n_per_class = max(cfg.n_per_class, math.ceil(cfg.per_point * dc.cond_n / pool.num_classes))
+    sample_labels = torch.cat([torch.arange(pool.num_classes).repeat_interleave(n_per_class),
                                (pool.num_classes + torch.arange(dc.n_unique)).repeat_interleave(cfg.n_per_unique)])
     heldout_labels = pool.labels[-dc.n_heldout:]
+    # the control has the samples' class mix: each unique label's samples stand for its point's class
+    wanted = class_counts(cls[chosen], pool.num_classes) * cfg.n_per_unique + n_per_class
     run = run_case(x, heldout, dc, cfg, seed=seed, labels=own, num_classes=num_classes,
-                   heldout_labels=heldout_labels, sample_labels=sample_labels)
+                   heldout_labels=heldout_labels, sample_labels=sample_labels,
+                   control=lambda g: make_control(pool, idx, wanted, seed))
     unique = torch.zeros(dc.cond_n, dtype=torch.bool)
     unique[chosen] = True
     summary("conditional", run, f"  (unique-label points copied {int((run['copied'] & unique).sum())}/{dc.n_unique})")

@@ -28,7 +28,7 @@ from mmh_train.data import affine_mixture
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling helpers, also when loaded by path
 from _timing import benchmark_parser  # noqa: E402
-from _harness import copied_points, generate, print_table, start_output, train_diffusion, write_output  # noqa: E402
+from _harness import generate, memorized_truth, print_table, start_output, train_diffusion, write_output  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -40,7 +40,7 @@ class Config:
     check_every: int = 500
     sigma: float = 0.3
     probes: int = 128          # training probes (all points when N is smaller) and held-out probes
-    n_samples: int = 1000      # generated for the copy rate
+    n_samples: int = 1000      # generated for the copy rate (and as many fresh draws as its control)
     width: int = 256
     seed: int = 0
 
@@ -80,7 +80,8 @@ def run_one(n: int, cfg: Config, pool: mmh_train.data.toy.ManifoldSample, heldou
                         "lid_heldout_median": result.lid_heldout.median().item(),
                         "od_fraction": result.metrics["od_fraction"]})
     generated = generate(trained, cfg.n_samples, seed=cfg.seed + 1)
-    copied, copy_rate = copied_points(generated, x)
+    control = pool.spec.sample(cfg.n_samples, generator=torch.Generator().manual_seed(cfg.seed + 7)).x
+    truth = memorized_truth(generated, x, control)
     last = history[-1]
     return {"n": n, "train_probes": probes, "heldout_probes": len(monitor.heldout_index),
             "true_lid_train_probes": lid[monitor.train_index].mean().item(),
@@ -88,7 +89,10 @@ def run_one(n: int, cfg: Config, pool: mmh_train.data.toy.ManifoldSample, heldou
             "lid_train": last["lid_train"], "lid_heldout": last["lid_heldout"],
             "lid_train_median": last["lid_train_median"], "lid_heldout_median": last["lid_heldout_median"],
             "gap": last["lid_heldout"] - last["lid_train"], "od_fraction": last["od_fraction"],
-            "copy_rate": copy_rate, "copied_points": int(copied.sum()), "train_seconds": trained.seconds,
+            "copy_rate": truth["copy_rate"], "control_copy_rate": truth["control_copy_rate"],
+            "excess_copy_rate": truth["excess_copy_rate"], "excess_interval": truth["excess_interval"],
+            "memorized_points": int(truth["memorized"].sum()), "memorized_underpowered": truth["underpowered"],
+            "train_seconds": trained.seconds,
             "history": history}
 
 
@@ -149,12 +153,15 @@ def main(argv: list[str] | None = None) -> int:
         run = run_one(n, cfg, pool, heldout, heldout_lid)
         runs.append(run)
         print(f"  N={n:5d}: train LID {run['lid_train']:.2f}, held-out {run['lid_heldout']:.2f}, "
-              f"copy rate {run['copy_rate']:.1%} ({run['train_seconds']:.0f} s)", flush=True)
+              f"copies {run['copy_rate']:.1%} / control {run['control_copy_rate']:.1%} / excess "
+              f"{run['excess_copy_rate']:+.1%} ({run['train_seconds']:.0f} s)", flush=True)
     print()
     print_table(runs, [("n", "N", "d"), ("lid_train", "LID train", ".2f"), ("lid_heldout", "LID held-out", ".2f"),
                        ("gap", "gap", ".2f"), ("lid_train_median", "median train", ".2f"),
                        ("lid_heldout_median", "median held-out", ".2f"), ("true_lid_train_probes", "true LID", ".2f"),
-                       ("od_fraction", "OD frac", ".1%"), ("copy_rate", "copy rate", ".1%")])
+                       ("od_fraction", "OD frac", ".1%"), ("copy_rate", "copies", ".1%"),
+                       ("control_copy_rate", "control", ".1%"), ("excess_copy_rate", "excess", "+.1%"),
+                       ("memorized_points", "memorized pts", "d")])
     doc["runs"] = runs
     plot(runs, args.plot)
     doc["plot"] = str(args.plot)

@@ -43,6 +43,8 @@ def test_quick_run_writes_every_row(run_quick):
         for name in ("few", "many", "mid", "duplicated", "conditional"):
             run = result["runs"][d][name]
             assert run["n"] > 0 and 0.0 <= run["sample_copy_rate"] <= 1.0 and math.isfinite(run["lid_train_mean"])
+            assert 0.0 <= run["control_copy_rate"] <= 1.0 and run["n_control"] > 0 and run["n_samples"] > 0
+            assert run["excess_copy_rate"] == run["sample_copy_rate"] - run["control_copy_rate"]
         assert 0 <= result["runs"][d]["conditional"]["unique_copied"]
 
     for d in datasets:

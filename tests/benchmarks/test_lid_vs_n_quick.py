@@ -27,9 +27,11 @@ def test_quick_run_writes_every_size_history_and_plot(tmp_path, run_quick):
         assert r["gap"] == pytest.approx(r["lid_heldout"] - r["lid_train"])
         assert 2 <= r["true_lid_train_probes"] <= 8  # the mixture's pieces are 2-, 4- and 8-dimensional
         assert 0.0 <= r["copy_rate"] <= 1.0 and 0.0 <= r["od_fraction"] <= 1.0
-        assert 0 <= r["copied_points"] <= r["n"]
+        assert 0.0 <= r["control_copy_rate"] <= 1.0
+        assert r["excess_copy_rate"] == r["copy_rate"] - r["control_copy_rate"]
+        assert 0 <= r["memorized_points"] <= r["n"]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    for text in ("command:", "seeds", "LID train", "LID held-out", "copy rate", "N=   16"):
+    for text in ("command:", "seeds", "LID train", "LID held-out", "copies", "control", "excess", "N=   16"):
         assert text in printed, text
 
 
