@@ -56,6 +56,7 @@ class MemorizationEarlyStopping(EarlyStopping):
         self.tolerance = tolerance
         self.restore_best_weights = restore_best_weights
         self.best_weights: Optional[dict[str, Tensor]] = None
+        self.best_step: Optional[int] = None  # training step of the best check so far (the first, on ties)
         self._last_check_step: Optional[int] = None
 
     @property
@@ -109,6 +110,8 @@ class MemorizationEarlyStopping(EarlyStopping):
         current = torch.tensor(result.metrics[self.monitor.removeprefix("mmh/")])
         best_before = self.best_score.clone()
         should_stop, reason = self._evaluate_stopping_criteria(current)
+        if not torch.equal(self.best_score, best_before):
+            self.best_step = result.step
         if self.restore_best_weights and not torch.equal(self.best_score, best_before):
             self.best_weights = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
         should_stop = trainer.strategy.reduce_boolean_decision(should_stop, all=False)
@@ -131,17 +134,26 @@ class MemorizationEarlyStopping(EarlyStopping):
     def on_validation_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         return  # acts on monitor checks, not on validation
 
+    @property
+    def restored_step(self) -> Optional[int]:
+        """The step whose weights were (or will be, at the end of training) loaded back; None if none."""
+        if self.restore_best_weights and self.best_weights is not None and self.stopping_reason_message is not None:
+            return self.best_step
+        return None
+
     @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        if self.restore_best_weights and self.best_weights is not None and self.stopping_reason_message is not None:
+        if self.restored_step is not None:
             pl_module.load_state_dict(copy.deepcopy(self.best_weights))
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "last_check_step": self._last_check_step, "best_weights": self.best_weights}
+        return {**super().state_dict(), "last_check_step": self._last_check_step, "best_weights": self.best_weights,
+                "best_step": self.best_step}
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._last_check_step = state_dict.get("last_check_step")
         self.best_weights = state_dict.get("best_weights")
+        self.best_step = state_dict.get("best_step")

@@ -286,12 +286,22 @@ class MemorizationMonitor:
         """``[P]`` LID* of the training probes (computed once, then cached), or ``None``."""
         return self.reference.for_probes(self)
 
-    def result(self, *, n_measured: int = 0, seconds: float = 0.0) -> CheckResult:
-        """Labels and metrics from the history as it stands (primary σ)."""
+    def result(self, *, n_measured: int = 0, seconds: float = 0.0, at_step: int | None = None) -> CheckResult:
+        """Labels and metrics from the history as it stands (primary σ).
+
+        ``at_step`` reads them as they stood right after the check at that training step (e.g. the check
+        whose weights early stopping restored); it must be the step of a recorded check.
+        """
         if not self.history:
             raise RuntimeError("the monitor has not checked yet; call check() or maybe_check() first.")
+        upto = len(self.history)
+        if at_step is not None:
+            if at_step not in self.steps:
+                raise ValueError(f"at_step={at_step} is not the step of a check; the checks ran at steps "
+                                 f"{self.steps}.")
+            upto = len(self.steps) - self.steps[::-1].index(at_step)
         P = len(self.train_index)
-        primary = self.history_tensor()[:, 0, :]
+        primary = self.history_tensor()[:upto, 0, :]
         latest = _latest(primary)
         lid_train, lid_heldout = latest[:P], latest[P:]
         reference = self.reference.for_probes(self, latest=latest)
@@ -310,7 +320,7 @@ class MemorizationMonitor:
         if labels is not None:
             metrics["od_fraction"] = labels.fraction("od")
             metrics["dd_fraction"] = labels.fraction("dd")
-        return CheckResult(step=self.steps[-1], epoch=self.epochs[-1], train_index=self.train_index,
+        return CheckResult(step=self.steps[upto - 1], epoch=self.epochs[upto - 1], train_index=self.train_index,
                            lid_train=lid_train, heldout_index=self.heldout_index, lid_heldout=lid_heldout,
                            labels=labels, collapse=collapse, n_measured=n_measured, seconds=seconds, metrics=metrics)
 

@@ -10,6 +10,7 @@ import importlib.util
 import os
 import platform
 import sys
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,21 +227,27 @@ def variant_result(name: str, module: Diffusion, callbacks: list[pl.Callback], t
                    train_x: Tensor, heldout_x: Tensor, seconds: float):
     """Samples the trained model and gathers what the report shows for it (Lightning runs)."""
     monitor_cb = next(cb for cb in callbacks if isinstance(cb, LIDMonitor))
+    restored = next((cb.restored_step for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)), None)
     return result_from_monitor(name, module.denoiser(), monitor_cb.monitor, monitor_cb.last_result,
-                               remedy_notes(callbacks), train, train_x, heldout_x, seconds)
+                               remedy_notes(callbacks), train, train_x, heldout_x, seconds, restored_step=restored)
 
 
 def result_from_monitor(name: str, denoiser: Any, monitor: mmh_train.MemorizationMonitor, result: Any,
-                        notes: dict[str, str], train: TrainConfig, train_x: Tensor, heldout_x: Tensor, seconds: float):
-    """Samples ``denoiser`` and packs the monitor's history, copies and quality for the report."""
+                        notes: dict[str, str], train: TrainConfig, train_x: Tensor, heldout_x: Tensor, seconds: float,
+                        *, restored_step: Optional[int] = None):
+    """Samples ``denoiser`` and packs the monitor's history, copies (with the held-out control) and quality for
+    the report. With ``restored_step`` (early stopping loaded that check's weights back) the labels and
+    metrics are read as they stood at that check, so they describe the weights that are sampled."""
     from mmh_train.report import VariantResult
 
+    if restored_step is not None:
+        result = monitor.result(at_step=restored_step)
     history = monitor.history_tensor()[:, 0, :]
     P = len(monitor.train_index)
     # σ from 80 down to 0.02: inside the DDPM table's range [0.01, 157], and any range suits a flow.
     generated = sample(denoiser, (train.n_samples, *train_x.shape[1:]), steps=train.sample_steps,
                        sigma_min=0.02, sigma_max=80.0, generator=torch.Generator().manual_seed(train.seed + 1))
-    copies = mmh_train.detect_copies(generated, train_x)
+    copies = mmh_train.detect_copies(generated, train_x, control=heldout_x if len(heldout_x) else None)
     quality = {"sliced_wasserstein": sliced_wasserstein(generated, heldout_x),
                "mmd": mmd_rbf(generated[:1000], heldout_x[:1000])}
     labels = result.labels if result is not None else None
@@ -249,7 +256,9 @@ def result_from_monitor(name: str, denoiser: Any, monitor: mmh_train.Memorizatio
         train_index=monitor.train_index, lid_ref=labels.lid_ref if labels else None,
         labels=labels.label if labels else None, od_gap=labels.od_gap if labels else None, samples=generated,
         copy_score=copies.score, copy_nearest=copies.nearest, copy_rate=copies.copy_rate, quality=quality,
-        metrics=dict(result.metrics) if result else {}, remedies=notes, train_seconds=seconds)
+        metrics=dict(result.metrics) if result else {}, remedies=notes, train_seconds=seconds,
+        copy_control_rate=copies.control_rate, copy_excess_interval=copies.excess_interval,
+        restored_step=restored_step)
 
 
 def fit_variant(name: str, make_module, loader, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,
@@ -280,12 +289,18 @@ class Run:
 
 def train_variants(make_module, loader, *, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,
                    train_x: Tensor, heldout_x: Tensor, run_dir: Path, truth: Optional[Tensor] = None) -> list[Run]:
-    """A baseline without remedies (when remedies are on and ``compare``), then the main variant."""
+    """A baseline without remedies (when remedies are on and ``compare``), then, when early stopping is one of
+    several remedies, a variant with early stopping alone (what the others add beyond stopping shows
+    against it), then the main variant."""
     common = dict(monitor=monitor, remedies=remedies, train=train, train_x=train_x, heldout_x=heldout_x,
                   run_dir=run_dir, truth=truth)
     runs = []
     if any_remedy(remedies) and remedies.compare:
         runs.append(Run("baseline", *fit_variant("baseline", make_module, loader, use_remedies=False, **common)))
+        if remedies.early_stopping and (remedies.reweight or remedies.penalty):
+            stop_only = dataclasses.replace(remedies, reweight=False, penalty=False)
+            runs.append(Run("stopped_only", *fit_variant("stopped_only", make_module, loader,
+                                                         **{**common, "remedies": stop_only})))
     name = "remedied" if any_remedy(remedies) else "model"
     runs.append(Run(name, *fit_variant(name, make_module, loader, **common)))
     return runs

@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     if guard.weights is not None:
         notes["reweighting"] = f"{int(groups.duplicated.sum())} duplicated points in weighted groups"
     variant = result_from_monitor("model", denoiser(), monitor, guard.last_result, notes, cfg.train, train.images,
-                                  heldout, seconds)
+                                  heldout, seconds, restored_step=guard.restored_step)
     return write_run_report(run_dir, cfg, recipe="digits_accelerate", kind="images", train_x=train.images,
                             heldout_x=heldout, variants=[variant], duplicated=duplicated)
 

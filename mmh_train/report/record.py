@@ -50,6 +50,10 @@ class VariantResult:
         copy_score: ``[S]`` nearest-neighbour ratio of each sample (lower = more copy-like).
         copy_nearest: ``[S]`` long index into the training set of each sample's nearest neighbour.
         copy_rate: fraction of samples that are copies, as the run computed it.
+        copy_control_rate: the same copy test's rate on the held-out points (its chance rate), or None.
+        copy_excess_interval: ``(low, high)`` confidence interval of ``copy_rate − copy_control_rate``, or None.
+        restored_step: the training step whose weights the samples and final metrics come from, when early
+            stopping loaded back an earlier check's weights; None when the model is the last one trained.
         quality: sample-quality numbers, e.g. ``{"sliced_wasserstein": 0.12}``.
         metrics: the monitor's final metrics (``lid_train``, ``lid_heldout``, ``lid_gap``,
             ``od_fraction``, ``dd_fraction``, ``collapse``; absent keys are shown as "—").
@@ -73,6 +77,14 @@ class VariantResult:
     metrics: dict[str, float]
     remedies: dict[str, str]
     train_seconds: float
+    copy_control_rate: float | None = None
+    copy_excess_interval: tuple[float, float] | None = None
+    restored_step: int | None = None
+
+    @property
+    def copy_excess(self) -> float | None:
+        """``copy_rate − copy_control_rate`` (copies beyond chance), or None without a control."""
+        return None if self.copy_control_rate is None else float(self.copy_rate) - float(self.copy_control_rate)
 
 
 @dataclass(frozen=True, eq=False)
@@ -252,6 +264,11 @@ def _variant_problems(v: VariantResult, where: str, n_train: int, point_shape: t
         value = getattr(v, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             out.append(f"{where}: {name} must be a number; got {type(value).__name__}.")
+    if v.copy_control_rate is not None and (isinstance(v.copy_control_rate, bool)
+                                             or not isinstance(v.copy_control_rate, (int, float))):
+        out.append(f"{where}: copy_control_rate must be a number or None; got {type(v.copy_control_rate).__name__}.")
+    if v.restored_step is not None and (isinstance(v.restored_step, bool) or not isinstance(v.restored_step, int)):
+        out.append(f"{where}: restored_step must be an int or None; got {type(v.restored_step).__name__}.")
     for name in ("quality", "metrics", "remedies"):
         if not isinstance(getattr(v, name), Mapping):
             out.append(f"{where}: {name} must be a dict; got {type(getattr(v, name)).__name__}.")

@@ -43,7 +43,8 @@ def _lid_history(g: torch.Generator, C: int, start: torch.Tensor, end: torch.Ten
 
 def _variant(name: str, g: torch.Generator, *, C: int, train_index: torch.Tensor, lid_star: torch.Tensor,
              collapse: float, samples: torch.Tensor, copy_score: torch.Tensor, copy_nearest: torch.Tensor,
-             Q: int = 12, with_ref: bool = True, remedies: dict | None = None) -> VariantResult:
+             Q: int = 12, with_ref: bool = True, remedies: dict | None = None,
+             control_rate: float | None = 0.04, restored_step: int | None = None) -> VariantResult:
     P = train_index.shape[0]
     end = lid_star * (1.0 - collapse)
     lid_train = _lid_history(g, C, lid_star + 0.5, end, measured_every=2)
@@ -66,7 +67,8 @@ def _variant(name: str, g: torch.Generator, *, C: int, train_index: torch.Tensor
                  "lid_gap": float(lid_heldout[-3:].nanmean() - last.nanmean()),
                  "od_fraction": float((labels == 1).float().mean()), "dd_fraction": float((labels == 2).float().mean()),
                  "collapse": collapse},
-        remedies=remedies or {}, train_seconds=12.5 + 10 * collapse)
+        remedies=remedies or {}, train_seconds=12.5 + 10 * collapse, copy_control_rate=control_rate,
+        copy_excess_interval=None if control_rate is None else (-0.01, 0.2), restored_step=restored_step)
 
 
 def _copies_of(g: torch.Generator, train_x: torch.Tensor, n: int, n_copies: int, spread: float):
@@ -104,7 +106,8 @@ def vector_record(*, n_variants: int = 2, C: int = 5, P: int = 20, with_ref: boo
                                  copy_score=score.float(), copy_nearest=nearest, with_ref=with_ref,
                                  remedies={} if i == 0 else {"reweighting": "1 group down-weighted",
                                                              "penalty": "on at step 300",
-                                                             "early_stopping": "stopped at step 400"}))
+                                                             "early_stopping": "stopped at step 400"},
+                                 restored_step=200 if i == 1 else None))
     return RunRecord(recipe="toy", kind="vectors",
                      config={"seed": 0, "data": {"n_train": N, "dims": [2, 4, 8], "duplicates": 12},
                              "monitor": {"sigma": 0.1, "every": 100, "budget": None, "name": "flipd: exact"},
@@ -153,7 +156,8 @@ def _check_outputs(run_dir, record: RunRecord) -> None:
         assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300, (rel, image.shape)
         assert float(image[..., :3].std()) > 0.01, f"{rel} is blank"
     md = (run_dir / "report.md").read_text()
-    assert "| variant | LID_θ train | LID_θ held-out | LID gap | OD fraction | DD fraction | copy rate" in md
+    assert ("| variant | weights of step | LID_θ train | LID_θ held-out | LID gap | OD fraction | DD fraction | "
+            "copy rate | control | excess (95% CI) |") in md
     for v in record.variants:
         assert v.name in md
     for rel in PLOT_FILES.values():
@@ -180,6 +184,26 @@ def test_vector_report(tmp_path):
     assert "[mmh_audit.csv](mmh_audit.csv)" in md and "not found" in md  # linked even before the monitor wrote it
     assert "sliced_wasserstein" in md and "stopped at step 400" in md
     assert "dims: [2, 4, 8]" in md and "name: \"flipd: exact\"" in md and "- name: penalty" in md
+
+
+def test_results_carry_the_control_the_excess_and_the_restored_step(tmp_path):
+    record = vector_record()
+    base, remedied = record.variants
+    write_report(tmp_path, record)
+    md = (tmp_path / "report.md").read_text()
+    excess = f"{100 * (base.copy_rate - 0.04):+.1f}% [-1.0, +20.0]"
+    assert f"| baseline | 500 | " in md and excess in md and "| 4.0% |" in md
+    assert "| remedied-1 | 200 (restored) |" in md
+    summary = summary_text(record).splitlines()
+    assert "control" in summary[1] and "excess" in summary[1] and "step" in summary[1]
+    base_line = next(line for line in summary if line.startswith("baseline"))
+    assert "  500  " in base_line and f"{100 * (base.copy_rate - 0.04):+.1f}%" in base_line and "4.0%" in base_line
+    assert "  200*  " in next(line for line in summary if line.startswith("remedied-1"))
+    # without a control the excess says so instead of showing a number
+    bare = dataclasses.replace(record, variants=[dataclasses.replace(base, copy_control_rate=None,
+                                                                     copy_excess_interval=None)])
+    write_report(tmp_path / "bare", bare)
+    assert "— (no control)" in (tmp_path / "bare" / "report.md").read_text()
 
 
 def test_image_reports(tmp_path):
