@@ -107,6 +107,20 @@ def test_check_leaves_global_rng_and_model_state_alone_and_state_round_trips():
         other.load_state_dict(monitor.state_dict())
 
 
+def test_result_at_an_earlier_check_reads_the_history_up_to_it():
+    train = make_data(60)
+    monitor = MemorizationMonitor(train, n_train_probes=60, sigma=0.05, reference=torch.full((60,), 3.0),
+                                  every_n_steps=1)
+    first = monitor.check(PIECE.denoiser, step=10)
+    monitor.check(PartialMemorizer(train[:20]), step=20)  # now a third of the points snap onto atoms
+    assert monitor.result().metrics["od_fraction"] == pytest.approx(20 / 60)
+    earlier = monitor.result(at_step=10)
+    assert earlier.step == 10 and earlier.metrics == first.metrics
+    assert torch.equal(earlier.lid_train, first.lid_train)
+    with pytest.raises(ValueError, match=r"at_step=15 is not the step of a check.*\[10, 20\]"):
+        monitor.result(at_step=15)
+
+
 def test_collapse_signal_needs_no_reference():
     train = make_data(40)
     monitor = MemorizationMonitor(train, n_train_probes=10, sigma=0.05, reference=None, early_checks=1)

@@ -250,7 +250,7 @@ def _pca_samples(record: RunRecord, copy_threshold: float) -> Figure:
                 h = ax.scatter(G[copy, 0], G[copy, 1], s=42, c=COPY_COLOUR, marker="x", lw=1.4, zorder=4,
                                label=f"copies (nearest-neighbour ratio < {copy_threshold:.2g})")
                 handles.setdefault("copies", h)
-            title = f"{v.name}: {int(copy.sum())}/{S} samples are copies ({copy.mean():.1%})"
+            title = f"{v.name}: {int(copy.sum())}/{S} samples are copies ({copy.mean():.1%})\n{_control_note(v)}"
         else:
             title = f"{v.name}: no samples"
         ax.set_title(title, fontsize=10)
@@ -289,6 +289,13 @@ def _show(ax, image: Tensor, caption: str, *, frame: str | None = None, caption_
 
 def _blank(ax) -> None:
     ax.set_axis_off()
+
+
+def _control_note(v: VariantResult) -> str:
+    """The copy rate's chance level in words: the same test on held-out data, and the excess."""
+    if v.copy_control_rate is None:
+        return "no control: chance rate unknown"
+    return f"held-out control {v.copy_control_rate:.1%}, excess {v.copy_excess:+.1%}"
 
 
 def _pick_samples(copy: np.ndarray, n: int) -> list[int]:
@@ -353,5 +360,6 @@ def _image_grid(record: RunRecord, copy_threshold: float, n_cols: int) -> Figure
         axes[0, 0].set_ylabel("sample", fontsize=8)
         axes[1, 0].set_ylabel("nearest\ntrain", fontsize=8)
         sf.suptitle(f"'{v.name}': generated samples (top) over their nearest training image (bottom); "
-                    f"{int(copy.sum())}/{S} copies (score < {copy_threshold:.2g}, red frame)", fontsize=9)
+                    f"{int(copy.sum())}/{S} copies (score < {copy_threshold:.2g}, red frame); {_control_note(v)}",
+                    fontsize=9)
     return fig

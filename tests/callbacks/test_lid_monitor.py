@@ -75,6 +75,15 @@ def test_early_stopping_stops_a_memorizing_run(tmp_path):
     assert monitor.last_result.metrics["od_fraction"] > 0
     best = stopper.best_weights
     assert best is not None and all(torch.equal(best[k], v) for k, v in model.state_dict().items())
+    # the restored weights are named by their check, and the monitor reads its labels as they were there
+    assert stopper.restored_step == stopper.best_step and stopper.best_step in monitor.monitor.steps
+    assert stopper.best_step < stopped_at
+    then = monitor.monitor.result(at_step=stopper.best_step)
+    assert then.step == stopper.best_step and then.metrics["od_fraction"] < monitor.last_result.metrics["od_fraction"]
+    state = stopper.state_dict()
+    fresh = MemorizationEarlyStopping("mmh/od_fraction", patience=1, restore_best_weights=True)
+    fresh.load_state_dict(state)
+    assert fresh.best_step == stopper.best_step
 
 
 def test_early_stopping_without_a_monitor_is_refused(tmp_path):

@@ -22,7 +22,7 @@ REPORT_FILES = ["report.md", "report.html", "summary.txt", "config.yaml", "plots
                 "plots/lid_scatter.png", "plots/samples.png"]
 
 
-def assert_report(run_dir: Path, variants=("baseline", "remedied")):
+def assert_report(run_dir: Path, variants=("baseline", "stopped_only", "remedied")):
     for name in REPORT_FILES:
         assert (run_dir / name).stat().st_size > 0, name
     for variant in variants:
@@ -34,7 +34,10 @@ def assert_report(run_dir: Path, variants=("baseline", "remedied")):
 def test_toy_end_to_end(tmp_path, capsys):
     assert toy.main([f"out_dir={tmp_path}", *TINY_TOY]) == 0
     assert_report(tmp_path)
-    assert "copies" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "copies  control  excess" in out and "stopped_only" in out
+    md = (tmp_path / "report.md").read_text()
+    assert "| control | excess (95% CI) |" in md and "weights of step" in md
 
 
 def test_toy_as_a_rectified_flow(tmp_path):
