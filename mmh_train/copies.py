@@ -9,7 +9,9 @@ lands near training points: P(ratio < r) ≈ r^d, about 11 % at d = 2, 1.2 % at 
 So a copy rate means little alone. Pass ``control=`` (held-out points of the same distribution, or
 fresh draws when the generator is known) and the same test runs on them: :class:`CopyReport` then
 carries the control's rate and the excess (model − control) with a confidence interval. A model whose
-rate falls below its control's avoids its training data; it has not generalized.
+rate falls below its control's has not generalized either: it avoids its training points, or its samples
+sit off the data (a sample at distance r from a d-dimensional piece reads a ratio near 1 once r exceeds
+the spacing of the training points there).
 
 The training set is de-duplicated (exact rows) before the neighbour search. Duplicated images dominate
 extracted copies, yet with duplicates kept NN2 is NN1's twin at the same distance, the ratio reads 1 and

@@ -28,6 +28,7 @@ from mmh_train.callbacks import (DuplicateReweighting, LIDMonitor, LIDPenaltyCon
                                  MemorizationMixin)
 from mmh_train.config import ConfigError
 from mmh_train.models import NullLabelDefault
+from mmh_train.neighbors import knn
 from mmh_train.quality import mmd_rbf, sliced_wasserstein
 from mmh_train.sampling import sample
 
@@ -247,7 +248,7 @@ def result_from_monitor(name: str, denoiser: Any, monitor: mmh_train.Memorizatio
     # σ from 80 down to 0.02: inside the DDPM table's range [0.01, 157], and any range suits a flow.
     generated = sample(denoiser, (train.n_samples, *train_x.shape[1:]), steps=train.sample_steps,
                        sigma_min=0.02, sigma_max=80.0, generator=torch.Generator().manual_seed(train.seed + 1))
-    copies = mmh_train.detect_copies(generated, train_x, control=heldout_x if len(heldout_x) else None)
+    copies = mmh_train.detect_copies(generated, train_x, control=copy_control(train_x, heldout_x))
     quality = {"sliced_wasserstein": sliced_wasserstein(generated, heldout_x),
                "mmd": mmd_rbf(generated[:1000], heldout_x[:1000])}
     labels = result.labels if result is not None else None
@@ -259,6 +260,19 @@ def result_from_monitor(name: str, denoiser: Any, monitor: mmh_train.Memorizatio
         metrics=dict(result.metrics) if result else {}, remedies=notes, train_seconds=seconds,
         copy_control_rate=copies.control_rate, copy_excess_interval=copies.excess_interval,
         restored_step=restored_step)
+
+
+def copy_control(train_x: Tensor, heldout_x: Tensor) -> Optional[Tensor]:
+    """The held-out points as the copy test's control, without any that equal a training point (a folder
+    may hold one image twice, once on each side of the split); None when nothing is held out."""
+    if not len(heldout_x):
+        return None
+    distance, _ = knn(train_x.flatten(1), heldout_x.flatten(1), 1)
+    unseen = distance[:, 0] > 0
+    if not bool(unseen.all()):
+        print(f"note: {int((~unseen).sum())} held-out points equal a training point; the copy control leaves "
+              f"them out.")
+    return heldout_x[unseen] if bool(unseen.any()) else None
 
 
 def fit_variant(name: str, make_module, loader, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,

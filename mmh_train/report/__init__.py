@@ -21,6 +21,7 @@ from .record import (
     VariantResult,
     forward_fill,
     label_counts,
+    final_lid,
     last_lid,
     top_memorized,
     validate_record,
@@ -30,6 +31,6 @@ from .write import PLOT_FILES, SUMMARY_MAX_LINES, summary_text, write_report
 __all__ = [
     "RunRecord", "VariantResult", "RecordError", "validate_record", "write_report", "summary_text",
     "plot_lid_over_training", "plot_lid_scatter", "plot_samples", "figure_png",
-    "forward_fill", "last_lid", "label_counts", "top_memorized",
+    "final_lid", "forward_fill", "last_lid", "label_counts", "top_memorized",
     "COPY_THRESHOLD", "PLOT_FILES", "SUMMARY_MAX_LINES",
 ]

@@ -25,7 +25,7 @@ from matplotlib.patches import Patch
 from torch import Tensor
 
 from ..memorization import LABEL_NAMES
-from .record import COPY_THRESHOLD, RunRecord, VariantResult, forward_fill, last_lid, top_memorized
+from .record import COPY_THRESHOLD, RunRecord, VariantResult, final_lid, forward_fill, top_memorized
 
 __all__ = ["plot_lid_over_training", "plot_lid_scatter", "plot_samples", "figure_png", "LABEL_COLOURS"]
 
@@ -106,6 +106,10 @@ def plot_lid_over_training(record: RunRecord) -> Figure:
             hline = ax.axhline(ref, color="black", ls="--", lw=1.2, label=f"{LID_STAR} (median of training probes)")
             handles.setdefault("ref", hline)
             ref_text = f", {LID_STAR} = {ref:.3g}"
+        if v.restored_step is not None:
+            vline = ax.axvline(v.restored_step, color="grey", ls=":", lw=1.5,
+                               label="weights restored by early stopping (the samples come from there)")
+            handles.setdefault("restored", vline)
         n_train, n_held = v.lid_train.shape[1], v.lid_heldout.shape[1]
         ax.set_title(f"{v.name}\n{n_train} train / {n_held} held-out probes{ref_text}", fontsize=9.5)
         ax.set_xlabel("training step")
@@ -138,7 +142,7 @@ def plot_lid_scatter(record: RunRecord) -> Figure:
     used: dict[str, Line2D] = {}
     any_ref = False
     for ax, v in zip(axes, record.variants):
-        y = last_lid(v.lid_train)
+        y = final_lid(v)
         if v.lid_ref is not None:
             x = v.lid_ref.detach().cpu().double()
             any_ref = True
@@ -317,7 +321,7 @@ def _image_grid(record: RunRecord, copy_threshold: float, n_cols: int) -> Figure
     # Row 1: the most memorized training points of the first variant.
     first: VariantResult = record.variants[0]
     positions, ranking = top_memorized(first, cols)
-    lid = last_lid(first.lid_train)
+    lid = final_lid(first)
     axes = subfigs[0].subplots(1, cols, squeeze=False)[0]
     for j, ax in enumerate(axes):
         if j >= len(positions):

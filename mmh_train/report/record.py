@@ -23,7 +23,7 @@ from ..memorization import LABEL_NAMES
 
 __all__ = [
     "VariantResult", "RunRecord", "RecordError", "validate_record",
-    "forward_fill", "last_lid", "measured_mask", "label_counts", "top_memorized", "COPY_THRESHOLD",
+    "forward_fill", "last_lid", "final_lid", "measured_mask", "label_counts", "top_memorized", "COPY_THRESHOLD",
 ]
 
 COPY_THRESHOLD: float = 1.0 / 3.0
@@ -298,9 +298,21 @@ def last_lid(history: Tensor) -> Tensor:
     return forward_fill(history)[-1]
 
 
+def final_lid(v: VariantResult) -> Tensor:
+    """``[P]``: each training probe's latest LID_θ as of the check whose weights the variant ends with —
+    the last check, or the one early stopping restored (``restored_step``), so that LIDs, labels and
+    samples all describe the same weights."""
+    filled = forward_fill(v.lid_train)
+    if v.restored_step is not None and v.restored_step in v.steps.tolist():
+        at = len(v.steps) - 1 - v.steps.tolist()[::-1].index(v.restored_step)
+        return filled[at]
+    return filled[-1]
+
+
 def measured_mask(v: VariantResult) -> Tensor:
-    """``[P]`` bool: training probes whose LID_θ (and LID*, if given) is known at the last check."""
-    ok = torch.isfinite(last_lid(v.lid_train))
+    """``[P]`` bool: training probes whose LID_θ (and LID*, if given) is known at the final check
+    (:func:`final_lid`)."""
+    ok = torch.isfinite(final_lid(v))
     if v.lid_ref is not None:
         ok &= torch.isfinite(v.lid_ref.detach().cpu().to(torch.float64))
     return ok
@@ -328,7 +340,7 @@ def top_memorized(v: VariantResult, k: int = 10) -> tuple[Tensor, str]:
         ok = torch.nonzero(torch.isfinite(gap)).flatten()
         order = ok[torch.argsort(gap[ok], descending=True, stable=True)]
         return order[:k], "od_gap"
-    lid = last_lid(v.lid_train)
+    lid = final_lid(v)
     ok = torch.nonzero(torch.isfinite(lid)).flatten()
     order = ok[torch.argsort(lid[ok], stable=True)]
     return order[:k], "lowest LID_θ"

@@ -27,7 +27,7 @@ from .record import (
     COPY_THRESHOLD,
     RunRecord,
     label_counts,
-    last_lid,
+    final_lid,
     top_memorized,
     validate_record,
 )
@@ -187,9 +187,11 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
 
     out.append(B("h2", "Plots"))
     out.append(B("p", "LID_θ over training: mean over training probes and over held-out probes at each check "
-                      "(each probe's latest measurement carried forward), 10–90% bands, LID* dashed."))
+                      "(each probe's latest measurement carried forward), 10–90% bands, LID* dashed; a dotted line "
+                      "marks the check whose weights early stopping restored."))
     out.append(B("img", "LID over training", href=PLOT_FILES["lid_over_training"]))
-    out.append(B("p", "LID_θ at the last check against LID* for every training probe, coloured by label "
+    out.append(B("p", "LID_θ at the final check (the restored one, if any) against LID* for every training probe, "
+                      "coloured by label "
                       "(none grey, OD red, DD blue); the dashed line is y = x."))
     out.append(B("img", "LID_θ vs LID* per training probe", href=PLOT_FILES["lid_scatter"]))
     if record.kind == "vectors":
@@ -216,7 +218,7 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
     out.append(B("h2", f"Top {top_k} most memorized training points"))
     for v in record.variants:
         positions, ranking = top_memorized(v, top_k)
-        lid = last_lid(v.lid_train)
+        lid = final_lid(v)
         rows = []
         for rank, p in enumerate(positions.tolist(), 1):
             rows.append((str(rank), str(int(v.train_index[p])), _num(float(lid[p]), _LID),
@@ -371,7 +373,7 @@ def summary_text(record: RunRecord, *, top_k: int = 10) -> str:
     lines = [f"mmh_train report: {record.recipe} ({record.kind}), {V} variant(s), "
              f"{record.train_x.shape[0]} training points"]
     width = max(8, *(len(v.name) for v in shown))
-    qwidth = [max(8, min(len(q), 10)) for q in quality]
+    qwidth = [8 for _ in quality]  # a name longer than the column is cut (the report has it whole)
     lines.append(f"{'variant':<{width}}  {'step':>5}  LIDθ train  held-out    OD%    DD%  copies  control  excess  "
                  + "".join(f"{q[:w]:>{w}}  " for q, w in zip(quality, qwidth)) + "train s")
     for v in shown:

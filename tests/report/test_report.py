@@ -16,6 +16,7 @@ from mmh_train.report import (
     RecordError,
     RunRecord,
     VariantResult,
+    final_lid,
     forward_fill,
     label_counts,
     summary_text,
@@ -199,6 +200,9 @@ def test_results_carry_the_control_the_excess_and_the_restored_step(tmp_path):
     base_line = next(line for line in summary if line.startswith("baseline"))
     assert "  500  " in base_line and f"{100 * (base.copy_rate - 0.04):+.1f}%" in base_line and "4.0%" in base_line
     assert "  200*  " in next(line for line in summary if line.startswith("remedied-1"))
+    # LIDs, labels and samples describe the same weights: the restored check's
+    torch.testing.assert_close(final_lid(remedied), forward_fill(remedied.lid_train)[1])
+    torch.testing.assert_close(final_lid(base), forward_fill(base.lid_train)[-1])
     # without a control the excess says so instead of showing a number
     bare = dataclasses.replace(record, variants=[dataclasses.replace(base, copy_control_rate=None,
                                                                      copy_excess_interval=None)])
