@@ -183,7 +183,7 @@ def plot_lid_scatter(record: RunRecord) -> Figure:
             ax.plot([lo, hi], [lo, hi], color="black", lw=1, ls="--", zorder=1)
         axes[0].set_xlim(lo, hi)
         axes[0].set_ylim(lo, hi)  # same limits on both axes and near-square panels: y = x runs at about 45°
-    axes[0].set_ylabel(f"{LID_THETA} at last check (model)")
+    axes[0].set_ylabel(f"{LID_THETA} at the final check (model; the restored one, if any)")
     for ax in axes[1:]:
         ax.tick_params(labelleft=True)
     used = {name: used[name] for name in ("unlabelled", *LABEL_NAMES) if name in used}  # fixed legend order
