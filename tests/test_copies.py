@@ -47,18 +47,17 @@ def test_ratio_deduplicates_the_training_set():
 
 
 def test_copies_are_detected_and_fresh_samples_are_not():
-    method = "ratio"
     train = _points(200, 32, 4)
     exact = train[:20]
     noisy = train[20:50] + 1e-3 * _points(30, 32, 5)
     fresh = _points(100, 32, 6)
-    report = detect_copies(torch.cat([exact, noisy]), train, method=method)
-    assert isinstance(report, CopyReport) and report.method == method
+    report = detect_copies(torch.cat([exact, noisy]), train)
+    assert isinstance(report, CopyReport) and report.method == "ratio"
     assert report.copy_rate == 1.0 and bool(report.is_copy.all())
     assert report.nearest.tolist() == list(range(50)) and report.nearest.dtype == torch.long
     assert bool((report.score[:20] == 0).all())  # identical to a training point → score 0
     assert bool((report.nearest_count == 1).all())
-    assert detect_copies(fresh, train, method=method).copy_rate <= 0.05
+    assert detect_copies(fresh, train).copy_rate <= 0.05
 
 
 def test_default_threshold():
