@@ -364,6 +364,6 @@ def _image_grid(record: RunRecord, copy_threshold: float, n_cols: int) -> Figure
         axes[0, 0].set_ylabel("sample", fontsize=8)
         axes[1, 0].set_ylabel("nearest\ntrain", fontsize=8)
         sf.suptitle(f"'{v.name}': generated samples (top) over their nearest training image (bottom); "
-                    f"{int(copy.sum())}/{S} copies (score < {copy_threshold:.2g}, red frame); {_control_note(v)}",
+                    f"{int(copy.sum())}/{S} copies (score < {copy_threshold:.2g}, red frame)\n{_control_note(v)}",
                     fontsize=9)
     return fig
