@@ -1,6 +1,6 @@
 """Recipe configuration: a dataclass schema merged with a YAML file and ``key=value`` CLI arguments.
 
-    cfg = load_config(ToyConfig, sys.argv[1:])      # config=recipes/configs/toy.yaml steps=2000 ...
+    cfg = load_config(ToyConfig, sys.argv[1:])      # config=recipes/configs/toy.yaml train.steps=2000 ...
 
 A misspelled key or a wrong type fails here, before any work, with omegaconf's message and the valid
 keys; the merged configuration is saved into the run directory.
@@ -39,9 +39,13 @@ def load_config(schema: type[T], argv: Sequence[str] | None = None) -> T:
         ConfigError: an unknown key, a wrong type, a missing file or an argument not of the form key=value.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" in argv or "--help" in argv:
+        print(f"usage: {Path(sys.argv[0]).name} [config=FILE.yaml] [key=value ...], e.g. {_example(schema)}\n\n"
+              f"keys and their defaults:\n{OmegaConf.to_yaml(OmegaConf.structured(schema))}")
+        raise SystemExit(0)
     bad = [a for a in argv if "=" not in a or a.startswith("-")]
     if bad:
-        raise ConfigError(f"arguments must be key=value (omegaconf style), e.g. steps=2000; got {bad}. "
+        raise ConfigError(f"arguments must be key=value (omegaconf style), e.g. {_example(schema)}; got {bad}. "
                           f"Valid keys: {', '.join(f.name for f in dataclasses.fields(schema))}.")
     files = [a.split("=", 1)[1] for a in argv if a.startswith("config=")]
     overrides = [a for a in argv if not a.startswith("config=")]
@@ -56,6 +60,22 @@ def load_config(schema: type[T], argv: Sequence[str] | None = None) -> T:
     except OmegaConfBaseException as error:
         valid = ", ".join(f.name for f in dataclasses.fields(schema))
         raise ConfigError(f"{error}\nValid keys of {schema.__name__}: {valid}.") from None
+
+
+def _example(schema: type) -> str:
+    """A real ``key=value`` of ``schema``: its first numeric leaf with the default value (dotted path)."""
+    def walk(node: object, prefix: str) -> str | None:
+        for field in dataclasses.fields(node):
+            value = getattr(node, field.name)
+            if dataclasses.is_dataclass(value):
+                found = walk(value, f"{prefix}{field.name}.")
+                if found:
+                    return found
+            elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                return f"{prefix}{field.name}={value}"
+        return None
+
+    return walk(OmegaConf.to_object(OmegaConf.structured(schema)), "") or "key=value"
 
 
 def save_config(config: object, path: str | Path) -> None:

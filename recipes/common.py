@@ -7,6 +7,7 @@ them short. It is recipe code, not library API: copy and adapt it.
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import platform
 import sys
@@ -89,15 +90,37 @@ def validate(train: TrainConfig, monitor: MonitorConfig, remedies: RemedyConfig)
                           "(or use train.logger=csv).")
     if monitor.reference not in ("data", "heldout", "truth", "none"):
         raise ConfigError(f"monitor.reference={monitor.reference!r}; choose 'data', 'heldout', 'truth' or 'none'.")
-    for name, value in (("train.steps", train.steps), ("train.batch_size", train.batch_size),
-                        ("monitor.every_n_steps", monitor.every_n_steps), ("train.n_samples", train.n_samples)):
-        if value < 1:
-            raise ConfigError(f"{name} must be ≥ 1; got {value}.")
+    check_ranges({"train.steps": (train.steps, 1), "train.batch_size": (train.batch_size, 1),
+                  "train.n_samples": (train.n_samples, 1), "train.sample_steps": (train.sample_steps, 1),
+                  "train.checkpoint_every": (train.checkpoint_every, 1), "train.max_timestep": (train.max_timestep, 1),
+                  "monitor.every_n_steps": (monitor.every_n_steps, 1), "monitor.reference_k": (monitor.reference_k, 2),
+                  "monitor.n_probes": (monitor.n_probes, 1), "monitor.n_train_probes": (monitor.n_train_probes, 1),
+                  "monitor.n_heldout_probes": (monitor.n_heldout_probes, 1),
+                  "monitor.od_margin": (monitor.od_margin, 0.0), "monitor.dd_threshold": (monitor.dd_threshold, 0.0),
+                  "remedies.patience": (remedies.patience, 0), "remedies.penalty_weight": (remedies.penalty_weight, 0.0)})
+    for name, value in (("train.lr", train.lr), ("monitor.sigma", monitor.sigma),
+                        ("remedies.penalty_target", remedies.penalty_target)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ConfigError(f"{name} must be a finite number > 0; got {value}.")
+    if train.max_timestep > 1000:
+        raise ConfigError(f"train.max_timestep={train.max_timestep} must be ≤ 1000 (the DDPM schedule's length).")
+    if remedies.dd_factor is not None and not 0.0 <= remedies.dd_factor <= 1.0:
+        raise ConfigError(f"remedies.dd_factor={remedies.dd_factor} must lie in [0, 1] (a down-weighting) or be null.")
+    if monitor.every_n_steps > train.steps:
+        raise ConfigError(f"monitor.every_n_steps={monitor.every_n_steps} > train.steps={train.steps}: the monitor would "
+                          f"never check. Lower monitor.every_n_steps or raise train.steps.")
     if train.resume is not None:
         if not Path(train.resume).is_file():
             raise ConfigError(f"train.resume={train.resume} does not exist; pass a .ckpt file of this run.")
         if remedies.compare and any_remedy(remedies):
             raise ConfigError("train.resume continues one model; set remedies.compare=false to resume.")
+
+
+def check_ranges(bounds: dict[str, tuple[Any, float]]) -> None:
+    """``{"section.key": (value, lowest allowed)}``: each value (None allowed) must be ≥ its bound."""
+    for name, (value, lowest) in bounds.items():
+        if value is not None and not value >= lowest:
+            raise ConfigError(f"{name} must be ≥ {lowest}; got {value}.")
 
 
 def any_remedy(remedies: RemedyConfig) -> bool:

@@ -1,6 +1,6 @@
 """Toy recipe (the main job): memorization on a mixture with known LID, found and fixed while training.
 
-    python recipes/toy.py                                   # defaults: about 2 minutes on 2 CPU cores
+    python recipes/toy.py                                   # defaults: about 3 minutes on 2 CPU cores
     python recipes/toy.py config=recipes/configs/toy.yaml train.steps=2000 remedies.penalty=false
     accelerate launch --multi_gpu --num_processes 2 recipes/toy.py   # two processes (CPU: gloo)
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.data import DataLoader
 
-from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, exit_after, start_run, train_variants,
-                    validate, variant_result, write_run_report)
+from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, check_ranges, exit_after, start_run,
+                    train_variants, validate, variant_result, write_run_report)
 from mmh_train.config import ConfigError, load_config
 from mmh_train.data import ToyDataset, affine_mixture, inject_duplicates_in_sample
 from mmh_train.models import TimeMLP
@@ -60,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         if max(cfg.data.dims) > cfg.data.ambient_dim or cfg.data.n_train < 2:
             raise ConfigError(f"data.dims {cfg.data.dims} must fit in data.ambient_dim={cfg.data.ambient_dim} "
                               f"and data.n_train must be ≥ 2.")
+        check_ranges({"model.width": (cfg.model.width, 1), "model.depth": (cfg.model.depth, 1),
+                      "data.n_heldout": (cfg.data.n_heldout, 2), "data.dup_copies": (cfg.data.dup_copies, 1),
+                      "data.dup_fraction": (cfg.data.dup_fraction, 0.0), "data.ambient_dim": (cfg.data.ambient_dim, 1)})
+        if not cfg.data.dims or min(cfg.data.dims) < 1:
+            raise ConfigError(f"data.dims={cfg.data.dims} must list piece dimensions ≥ 1.")
+        if cfg.data.dup_fraction > 1.0:
+            raise ConfigError(f"data.dup_fraction={cfg.data.dup_fraction} is a fraction of the training points: "
+                              f"choose it in [0, 1].")
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2

@@ -68,11 +68,28 @@ def test_digits_class_conditional_end_to_end(tmp_path):
     (["--steps", "10"], "key=value"),
     (["config=missing.yaml"], "does not exist"),
     (["train.resume=nowhere.ckpt"], "does not exist"),
+    (["model.width=0"], "model.width must be ≥ 1"),
+    (["remedies.patience=-1"], "remedies.patience must be ≥ 0"),
+    (["train.steps=100", "monitor.every_n_steps=1000"], "the monitor would never check"),
+    (["monitor.sigma=-1"], "monitor.sigma must be a finite number > 0"),
+    (["data.dup_fraction=2.0"], "choose it in [0, 1]"),
+    (["train.lr=-1"], "train.lr must be a finite number > 0"),
+    (["monitor.reference_k=1"], "monitor.reference_k must be ≥ 2"),
 ])
 def test_bad_toy_configs_fail_before_training(tmp_path, capsys, argv, message):
     assert toy.main([f"out_dir={tmp_path / 'run'}", *argv]) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "run").exists()  # nothing written
+
+
+def test_help_lists_every_key_with_its_default_and_a_real_example(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        toy.main(["--help"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out
+    assert "train:\n  steps: 8000" in out and "remedies:" in out and "e.g. data.n_train=64" in out
+    assert toy.main(["--steps=10"]) == 2
+    assert "e.g. data.n_train=64" in capsys.readouterr().err  # a key that exists
 
 
 def test_tensorboard_logger_without_tensorboard_fails_before_training(tmp_path, capsys):
