@@ -10,6 +10,7 @@ images, code), so the two always carry the same content. Every file is written a
 
 from __future__ import annotations
 
+import base64
 import html
 import math
 import os
@@ -318,7 +319,9 @@ padding:.25em .6em;text-align:right}th{background:#f2f2f2}td:first-child,th:firs
 pre{background:#f6f6f6;padding:.7em;overflow-x:auto}img{max-width:100%;border:1px solid #ddd}"""
 
 
-def _html(blocks: Sequence[_Block], title: str) -> str:
+def _html(blocks: Sequence[_Block], title: str, images: Mapping[str, bytes] | None = None) -> str:
+    """The page; images whose bytes are in ``images`` (by href) are embedded, so the file stands alone."""
+    images = images or {}
     body: list[str] = []
     for b in blocks:
         if b.kind in ("h1", "h2"):
@@ -332,7 +335,9 @@ def _html(blocks: Sequence[_Block], title: str) -> str:
             rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in b.rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif b.kind == "img":
-            body.append(f'<p><img src="{html.escape(b.href)}" alt="{html.escape(b.text)}"></p>')
+            src = (f"data:image/png;base64,{base64.b64encode(images[b.href]).decode('ascii')}" if b.href in images
+                   else html.escape(b.href))
+            body.append(f'<p><img src="{src}" alt="{html.escape(b.text)}"></p>')
         elif b.kind == "list":
             body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in b.rows) + "</ul>")
         elif b.kind == "link":
@@ -424,7 +429,7 @@ def write_report(run_dir: str | os.PathLike, record: RunRecord, *, copy_threshol
 
     Files (all written atomically; ``run_dir`` is created if needed):
     ``plots/lid_over_training.png``, ``plots/lid_scatter.png``, ``plots/samples.png``, ``report.md``,
-    ``report.html`` (standalone, images by relative path) and ``summary.txt`` (also :func:`summary_text`).
+    ``report.html`` (standalone: the plots are embedded) and ``summary.txt`` (also :func:`summary_text`).
 
     Args:
         run_dir: the run folder (where the monitor wrote ``record.audit_csv``).
@@ -442,13 +447,15 @@ def write_report(run_dir: str | os.PathLike, record: RunRecord, *, copy_threshol
         raise ValueError(f"copy_threshold must be a positive number; got {copy_threshold!r}.")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    pngs: dict[str, bytes] = {}
     for key, make in (("lid_over_training", lambda: plot_lid_over_training(record)),
                       ("lid_scatter", lambda: plot_lid_scatter(record)),
                       ("samples", lambda: plot_samples(record, copy_threshold=copy_threshold))):
-        write_bytes_atomic(run_dir / PLOT_FILES[key], figure_png(make()))
+        pngs[PLOT_FILES[key]] = figure_png(make())
+        write_bytes_atomic(run_dir / PLOT_FILES[key], pngs[PLOT_FILES[key]])
     blocks = _blocks(record, run_dir, copy_threshold, top_k)
     write_text_atomic(run_dir / "report.md", _markdown(blocks))
-    write_text_atomic(run_dir / "report.html", _html(blocks, f"Memorization report — {record.recipe}"))
+    write_text_atomic(run_dir / "report.html", _html(blocks, f"Memorization report — {record.recipe}", pngs))
     write_text_atomic(run_dir / "summary.txt", summary_text(record, top_k=top_k))
     return run_dir / "report.md"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import math
 import re
@@ -166,8 +167,10 @@ def _check_outputs(run_dir, record: RunRecord) -> None:
     assert "```" in md and record.command in md and record.machine in md
     page = (run_dir / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    # standalone: every plot is embedded, byte for byte, so the page shows them wherever it is moved
     for rel in PLOT_FILES.values():
-        assert f'<img src="{rel}"' in page
+        embedded = base64.b64encode((run_dir / rel).read_bytes()).decode("ascii")
+        assert f'<img src="data:image/png;base64,{embedded}"' in page
     assert page.count("<table>") == page.count("</table>") >= 2
     assert "http://" not in page and "https://" not in page  # standalone: no external assets
     summary = (run_dir / "summary.txt").read_text()
