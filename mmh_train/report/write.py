@@ -29,6 +29,7 @@ from .record import (
     RunRecord,
     label_counts,
     final_lid,
+    forward_fill,
     top_memorized,
     validate_record,
 )
@@ -186,6 +187,9 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
                       "produced (its chance rate); excess: copy rate minus control, with its 95% interval "
                       "(Newcombe)."))
 
+    unusual = _unusual_lids(record)
+    if unusual:
+        out.append(B("p", unusual))
     out.append(B("h2", "Plots"))
     out.append(B("p", "LID_θ over training: mean over training probes and over held-out probes at each check "
                       "(each probe's latest measurement carried forward), 10–90% bands, LID* dashed; a dotted line "
@@ -345,6 +349,25 @@ def _html(blocks: Sequence[_Block], title: str, images: Mapping[str, bytes] | No
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
             + "\n".join(body) + "\n</body>\n</html>\n")
+
+
+def _unusual_lids(record: RunRecord) -> str:
+    """A sentence when some LID_θ is negative or above the ambient dimension D, which a dimension cannot be;
+    empty otherwise."""
+    dim = int(record.train_x[0].numel())
+    values = torch.cat([forward_fill(torch.cat([v.lid_train, v.lid_heldout], 1)).flatten() for v in record.variants])
+    values = values[torch.isfinite(values)]
+    if values.numel() == 0:
+        return ""
+    low, high = float(values.min()), float(values.max())
+    parts = ([f"negative (down to {low:.3g})"] if low < 0 else []) + \
+            ([f"above the ambient dimension D = {dim} (up to {high:.3g})"] if high > dim else [])
+    if not parts:
+        return ""
+    return ("Some LID_θ values are " + " and ".join(parts) + ", which no dimension can be. FLIPD is not clipped: "
+            "an imperfect or briefly trained network reads negative values, and a point the model carries far "
+            "(off its manifold, or onto a few memorized atoms) reads ≈ LID + r²/σ² (docs/science.md §3). Compare "
+            "such values with each other and with the held-out probes, not with a dimension.")
 
 
 def _weights_step(v: Any) -> str:

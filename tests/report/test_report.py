@@ -206,6 +206,15 @@ def test_results_carry_the_control_the_excess_and_the_restored_step(tmp_path):
     # LIDs, labels and samples describe the same weights: the restored check's
     torch.testing.assert_close(final_lid(remedied), forward_fill(remedied.lid_train)[1])
     torch.testing.assert_close(final_lid(base), forward_fill(base.lid_train)[-1])
+    # LIDs outside [0, D] get a word of explanation; inside they do not
+    held = base.lid_heldout.clamp(0.0, 10.0)
+    for name, lids, words in (("plain", base.lid_train.clamp(0.0, 10.0), None),
+                              ("neg", base.lid_train.clamp(0.0, 10.0) - 20.0, "negative (down to"),
+                              ("high", base.lid_train.clamp(0.0, 10.0) + 30.0, "above the ambient dimension D = 10")):
+        write_report(tmp_path / name, dataclasses.replace(
+            record, variants=[dataclasses.replace(base, lid_train=lids, lid_heldout=held)]))
+        text = (tmp_path / name / "report.md").read_text()
+        assert (words in text) if words else ("which no dimension can be" not in text), name
     # without a control the excess says so instead of showing a number
     bare = dataclasses.replace(record, variants=[dataclasses.replace(base, copy_control_rate=None,
                                                                      copy_excess_interval=None)])
