@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -182,6 +183,7 @@ class MemorizationMonitor:
         self.order = interleave(len(self.train_index), len(self.heldout_index))
         # State saved by state_dict: the per-sample history and where the rotation stands.
         self.history: list[Tensor] = []  # one [S, P + Q] row per check, NaN where not measured
+        self.nonfinite: list[Tensor] = []  # one bool [P + Q] row per check: measured, and not finite (primary σ)
         self.steps: list[int] = []
         self.epochs: list[int] = []
         self.pointer = 0
@@ -269,6 +271,18 @@ class MemorizationMonitor:
         values, seconds_per_point = self._measure(den, positions, device, len(self.history))
         self.pointer = (self.pointer + count) % self.n_probes
         self.seconds_per_point = seconds_per_point
+        bad = torch.zeros(self.n_probes, dtype=torch.bool)
+        bad[positions] = ~torch.isfinite(values[0, positions])
+        if bool(bad.any()):
+            P = len(self.train_index)
+            warnings.warn(f"mmh_train monitor, step {step}: LID_θ is NaN or infinite for {int(bad.sum())} of {count} "
+                          f"probes measured ({int(bad[:P].sum())} training, {int(bad[P:].sum())} held-out): the "
+                          f"denoiser returned non-finite values, most likely because the model diverged. This "
+                          f"check's metrics are NaN (check_finite stopping fires) and no earlier value of those "
+                          f"probes is carried forward.", RuntimeWarning, stacklevel=2)
+        values[0, positions] = torch.where(bad[positions], torch.full_like(values[0, positions], math.nan),
+                                           values[0, positions])
+        self.nonfinite.append(bad)
         self.history.append(values.float())
         self.steps.append(int(step))
         self.epochs.append(int(epoch) if epoch is not None else -1)
@@ -303,11 +317,17 @@ class MemorizationMonitor:
         P = len(self.train_index)
         primary = self.history_tensor()[:upto, 0, :]
         latest = _latest(primary)
+        bad = self.nonfinite[upto - 1] if len(self.nonfinite) >= upto else torch.zeros(self.n_probes, dtype=torch.bool)
+        latest[bad] = math.nan  # a probe that just went non-finite keeps no earlier value
         lid_train, lid_heldout = latest[:P], latest[P:]
         reference = self.reference.for_probes(self, latest=latest)
         # Held-out neighbours are never duplicates of a training point: that reference cannot show DD-Mem.
         options = {"detect_dd": self.reference.kind != "heldout", **self.label_options}
-        labels = classify_memorization(lid_train, reference, **options) if reference is not None else None
+        # After a healthy check, a check where every probe went non-finite has nothing to label: its metrics
+        # turn NaN below and stopping fires. On the first check the same is an error that names the causes.
+        diverged = bool(bad.any()) and upto > 1 and not bool(torch.isfinite(lid_train).any())
+        labels = (classify_memorization(lid_train, reference, **options)
+                  if reference is not None and not diverged else None)
         collapse = collapse_score(primary[:, :P], early_checks=self.early_checks)
         # A metric is absent (not NaN) where it does not apply or is not available yet, so that NaN keeps
         # meaning "the model produced NaN" for check_finite-style stopping.
@@ -317,9 +337,12 @@ class MemorizationMonitor:
             metrics["lid_gap"] = metrics["lid_heldout"] - metrics["lid_train"]
         if bool(torch.isfinite(collapse).any()):
             metrics["collapse"] = _nanmean(collapse)
-        if labels is not None:
-            metrics["od_fraction"] = labels.fraction("od")
-            metrics["dd_fraction"] = labels.fraction("dd")
+        if reference is not None:
+            metrics["od_fraction"] = labels.fraction("od") if labels is not None else math.nan
+            metrics["dd_fraction"] = labels.fraction("dd") if labels is not None else math.nan
+        if bool(bad.any()):  # a diverged model: no metric of this check is a number
+            metrics = {key: math.nan for key in metrics}
+            collapse = torch.where(bad[:P], torch.full_like(collapse, math.nan), collapse)
         return CheckResult(step=self.steps[upto - 1], epoch=self.epochs[upto - 1], train_index=self.train_index,
                            lid_train=lid_train, heldout_index=self.heldout_index, lid_heldout=lid_heldout,
                            labels=labels, collapse=collapse, n_measured=n_measured, seconds=seconds, metrics=metrics)
@@ -334,6 +357,8 @@ class MemorizationMonitor:
             "sigmas": list(self.sigmas),
             "seed": self.seed,
             "history": self.history_tensor().clone(),
+            "nonfinite": (torch.stack(self.nonfinite) if self.nonfinite
+                          else torch.zeros(0, self.n_probes, dtype=torch.bool)),
             "steps": list(self.steps),
             "epochs": list(self.epochs),
             "pointer": self.pointer,
@@ -351,6 +376,9 @@ class MemorizationMonitor:
             raise ValueError("this monitor state was saved with other probe sets, sigma or seed; construct the "
                              "monitor with the same data, n_*_probes, sigma and seed as the run that saved it.")
         self.history = list(state["history"].unbind(0))
+        nonfinite = state.get("nonfinite")  # absent in states saved before it was recorded
+        self.nonfinite = (list(nonfinite.unbind(0)) if nonfinite is not None and len(nonfinite) == len(self.history)
+                          else [torch.zeros(self.n_probes, dtype=torch.bool) for _ in self.history])
         self.steps, self.epochs = list(state["steps"]), list(state["epochs"])
         self.pointer, self.seconds_per_point = int(state["pointer"]), state["seconds_per_point"]
         self.reference.load_state_dict(state["reference"])

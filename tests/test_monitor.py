@@ -10,6 +10,7 @@ from closed_forms import GaussianSubspace
 from mmh_train import flipd
 from mmh_train.data import inject_duplicates
 from mmh_train.memorization import DD, NONE, OD
+from mmh_train.integrations import MemorizationStopper
 from mmh_train.monitor import MemorizationMonitor
 
 PIECE = GaussianSubspace(dim=6, k=3, variances=[1.0, 1.0, 1.0], seed=0)
@@ -147,8 +148,49 @@ def test_bad_configuration(kwargs, error, match):
 
 def test_every_probe_nan_is_a_clear_error():
     monitor = MemorizationMonitor(make_data(20), n_train_probes=5, sigma=0.1, reference=torch.full((20,), 3.0))
-    with pytest.raises(ValueError, match="every probe is NaN"):
+    with pytest.raises(ValueError, match="every probe is NaN"), pytest.warns(RuntimeWarning, match="5 of 5 probes"):
         monitor.check(lambda x, s: x * float("nan"), step=1)
+
+
+class DivergesAt:
+    """The exact denoiser of the piece until ``step``; NaN from then on (a model that diverged)."""
+
+    def __init__(self, step: int):
+        self.step, self.now = step, 0
+
+    def __call__(self, x, sigma):
+        out = PIECE.denoiser(x.double(), sigma).to(x.dtype)
+        return out * float("nan") if self.now >= self.step else out
+
+
+@pytest.mark.parametrize("all_probes", [True, False])
+def test_a_diverged_model_gives_nan_metrics_a_warning_and_no_carried_forward_value(all_probes):
+    train = make_data(40)
+    monitor = MemorizationMonitor(train, make_data(20, seed=3), n_train_probes=40, n_heldout_probes=10, sigma=0.05,
+                                  reference=torch.full((40,), 3.0), every_n_steps=1)
+    model = DivergesAt(step=2)
+    model.now = 1
+    healthy = monitor.check(model, step=1)
+    assert all(math.isfinite(v) for v in healthy.metrics.values())
+    model.now = 2
+    if not all_probes:  # only some probes diverge: a model that breaks on part of its inputs
+        broken = model
+        model = lambda x, s: torch.where((x[:, :1] > 0), broken(x, s), PIECE.denoiser(x.double(), s).to(x.dtype))
+    with pytest.warns(RuntimeWarning, match=r"step 2: LID_θ is NaN or infinite for \d+ of 50 probes"):
+        result = monitor.check(model, step=2)
+    assert set(result.metrics) == set(healthy.metrics)
+    assert all(math.isnan(v) for v in result.metrics.values())  # check_finite-style stopping fires on any
+    went_bad = monitor.nonfinite[-1][:40]
+    assert went_bad.any() and bool(torch.isnan(result.lid_train[went_bad]).all())  # nothing carried forward
+    if result.labels is not None:
+        assert not result.labels.measured[went_bad].any()
+    stopper = MemorizationStopper("od_fraction")
+    assert stopper.update(result.metrics, 2) and "not finite" in stopper.reason
+    state = monitor.state_dict()
+    again = MemorizationMonitor(train, make_data(20, seed=3), n_train_probes=40, n_heldout_probes=10, sigma=0.05,
+                                reference=torch.full((40,), 3.0), every_n_steps=1)
+    again.load_state_dict(state)
+    assert all(math.isnan(v) for v in again.result().metrics.values())
 
 
 def test_heldout_reference_compares_with_held_out_neighbours_and_never_says_dd():
