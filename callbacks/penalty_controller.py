@@ -77,6 +77,10 @@ class LIDPenaltyController(Callback):
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         require_mixin(pl_module, "LIDPenaltyController")
+        if not callable(getattr(pl_module, "denoiser", None)):
+            raise TypeError(f"LIDPenaltyController measures LID through the model as a denoiser: define `def "
+                            f"denoiser(self)` on {type(pl_module).__name__} returning e.g. "
+                            f"mmh_train.diffusers_denoiser(self.unet, self.noise_scheduler).")
         pl_module._mmh_penalty = self
         self._rank = trainer.global_rank
         if self.schedule.target is None and not any(isinstance(cb, LIDMonitor) and cb.monitor.reference.kind is not None

@@ -13,6 +13,7 @@ global RNGs preserved.
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 import warnings
@@ -93,6 +94,27 @@ def _latest(history: Tensor) -> Tensor:
     return out
 
 
+def _check_options(estimator: str | Estimator, estimator_options: dict[str, Any] | None,
+                   label_options: dict[str, Any] | None) -> None:
+    """Refuses option names the estimator or the labelling does not take, before the first check."""
+    labelling = set(inspect.signature(classify_memorization).parameters) - {"lid_model", "lid_ref", "detect_dd"}
+    unknown = sorted(set(label_options or {}) - labelling)
+    if unknown:
+        raise ValueError(f"label_options has unknown key(s) {unknown}; valid keys: {sorted(labelling)}.")
+    function = ESTIMATORS.get(estimator) if isinstance(estimator, str) else estimator
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):  # a callable without an introspectable signature: its own call will tell
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return
+    accepted = set(parameters) - {"denoiser", "x", "sigma", "generator"}
+    unknown = sorted(set(estimator_options or {}) - accepted)
+    if unknown:
+        name = estimator if isinstance(estimator, str) else getattr(estimator, "__name__", "the estimator")
+        raise ValueError(f"estimator_options has unknown key(s) {unknown} for {name}; valid keys: {sorted(accepted)}.")
+
+
 class MemorizationMonitor:
     """Measures LID_θ on fixed train/held-out probe sets during training and labels memorization.
 
@@ -167,6 +189,14 @@ class MemorizationMonitor:
         self.heldout_index = (choose_probe_indices(n_held, n_heldout_probes or min(n_held, 64), generator,
                                                    name="n_heldout_probes")
                               if heldout_data is not None else torch.zeros(0, dtype=torch.long))
+        _check_options(estimator, estimator_options, label_options)
+        if heldout_data is not None and n_held and n_train:
+            first_train = gather_points(train_data, torch.zeros(1, dtype=torch.long), input_fn)
+            first_held = gather_points(heldout_data, torch.zeros(1, dtype=torch.long), input_fn)
+            if first_train.shape[1:] != first_held.shape[1:]:
+                raise ValueError(f"held-out points have shape {tuple(first_held.shape[1:])} but training points "
+                                 f"have {tuple(first_train.shape[1:])}; pass held-out data in the training data's "
+                                 f"space (same resolution, channels and preprocessing).")
         self.train_data, self.heldout_data, self.input_fn = train_data, heldout_data, input_fn
         self.sigmas, self.seed, self.batch_size, self.early_checks = sigmas, seed, batch_size, early_checks
         self.every_n_steps = every_n_steps

@@ -140,6 +140,10 @@ def test_collapse_signal_needs_no_reference():
     ({"reference": "heldout"}, ValueError, "needs heldout_data"),
     ({"reference": "truth"}, ValueError, "choose 'data', 'heldout'"),
     ({"reference_options": {"k": 50}}, ValueError, "pass reference_options=\\{'k': 16\\}"),
+    ({"estimator_options": {"n_probez": 2}}, ValueError, r"unknown key\(s\) \['n_probez'\] for flipd.*'n_probes'"),
+    ({"estimator": "normal_bundle", "estimator_options": {"n_probes": 2}}, ValueError, r"\['n_probes'\] for normal_bundle"),
+    ({"label_options": {"od_margn": 1.0}}, ValueError, r"label_options has unknown key\(s\) \['od_margn'\].*'od_margin'"),
+    ({"heldout_data": torch.zeros(5, 7)}, ValueError, r"held-out points have shape \(7,\) but training points have \(6,\)"),
 ])
 def test_bad_configuration(kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -67,6 +67,15 @@ def test_remedy_callbacks_without_the_mixin_are_refused(tmp_path):
             trainer(tmp_path, 1, [callback]).fit(ToyDiffusion(), loader(sample))
 
 
+def test_penalty_controller_without_a_denoiser_is_refused_before_training(tmp_path):
+    class NoDenoiser(Remedied):
+        denoiser = None
+
+    sample, _ = duplicated_sample()
+    with pytest.raises(TypeError, match=r"LIDPenaltyController .*define `def denoiser\(self\)` on NoDenoiser"):
+        trainer(tmp_path, 1, [LIDPenaltyController(target=2.0)]).fit(NoDenoiser(), loader(sample))
+
+
 def test_weighted_loss_refuses_batches_without_indices():
     model = Remedied()
     model._mmh_sample_weights = torch.ones(10)
