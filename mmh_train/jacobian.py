@@ -87,6 +87,10 @@ def _reverse_forms(f: Callable[[Tensor], Tensor], x: Tensor, tangents: Iterable[
     with torch.enable_grad():
         output = f(x_in)
     check(output)
+    if isinstance(output, Tensor) and not output.requires_grad:
+        raise TypeError("the denoiser's output does not depend on x through autograd: it was detached, computed "
+                        "under torch.no_grad() / inference_mode, or left torch (NumPy); FLIPD needs ∂D/∂x, so "
+                        "return a tensor computed from x with autograd on.")
 
     def pull(v: Tensor, batched: bool) -> Tensor:
         return torch.autograd.grad(output, x_in, v.to(output.dtype), retain_graph=True, create_graph=create_graph,

@@ -156,3 +156,45 @@ def test_curve_grid_must_increase():
 def test_normal_bundle_threshold_range():
     with pytest.raises(ValueError, match=r"must lie in \(0, 1\)"):
         normal_bundle_lid(CountingDenoiser(), X, 0.1, threshold=2.0)
+
+
+class LinearDenoiser(torch.nn.Module):
+    """A float32 network D(x) = W x, counting its forward calls."""
+
+    def __init__(self, dim: int = 4):
+        super().__init__()
+        self.net = torch.nn.Linear(dim, dim, bias=False)
+        self.calls = 0
+
+    def forward(self, x, sigma):
+        self.calls += 1
+        return self.net(x)
+
+
+@pytest.mark.parametrize("estimate", ESTIMATORS)
+def test_input_dtype_other_than_the_network_fails_before_any_call(estimate):
+    from mmh_train.context import fell_back
+
+    den = LinearDenoiser()
+    with pytest.raises(TypeError, match=r"x has dtype torch.float64 but the network's parameters are torch.float32; "
+                                        r"pass x.to\(torch.float32\)"):
+        estimate(den, X.double(), 0.1)
+    assert den.calls == 0 and not fell_back([den], ("loop", "fp32", "reverse", "cpu"))
+    assert torch.isfinite(estimate(den, X, 0.1)).all()  # float32 x: the right answer
+
+
+def test_a_detached_output_is_named():
+    den = LinearDenoiser()
+    with pytest.raises(TypeError, match="does not depend on x through autograd: it was detached"):
+        flipd(lambda x, s: den(x, s).detach(), X, 0.1)
+
+
+def test_a_network_that_fails_on_x_says_so_and_keeps_its_fast_path():
+    from mmh_train.context import fell_back
+
+    den = LinearDenoiser(dim=5)  # x has 4 features
+    with pytest.raises(RuntimeError, match=r"the denoiser failed on x of shape \(6, 4\) and dtype torch.float32 .*"
+                                           r"check that x has the shape"):
+        flipd(den, X, 0.1)
+    # the failure was the input's, not vectorization's: the network keeps its vectorized path
+    assert not fell_back([den], ("loop", "fp32", "reverse", "cpu"))

@@ -38,9 +38,23 @@ def prepare_denoiser_call(denoiser: Any, x: Tensor, sigma: float | Tensor, *, n_
     check_choice(precision, "precision", PRECISIONS)
     check_generator(generator)
     den = as_denoiser(denoiser)
+    if precision == "fp32":
+        _check_network_dtype(den, x)
     sigma_b = as_sigma_batch(sigma, x.shape[0], device=x.device)
     den.check_sigma(sigma_b)
     return den, den.snap_sigma(sigma_b)
+
+
+def _check_network_dtype(den: Denoiser, x: Tensor) -> None:
+    """x must have a dtype the network's floating parameters have (a mismatch fails deep inside torch)."""
+    dtypes = {p.dtype for m in den.modules() for p in m.parameters() if p.is_floating_point()}
+    if dtypes and x.dtype not in dtypes:
+        names = ", ".join(sorted(str(d) for d in dtypes))
+        want = next(iter(dtypes)) if len(dtypes) == 1 else None
+        fix = f"pass x.to({want})" if want is not None else "pass x in the network's dtype"
+        raise TypeError(f"x has dtype {x.dtype} but the network's parameters are {names}; {fix}, or convert the "
+                        f"network (e.g. .to(torch.{str(x.dtype).removeprefix('torch.')})). To run a float32 network "
+                        f"in half precision on purpose, keep x float32 and pass precision='bf16'.")
 
 
 def output_checker(x: Tensor, *, allow_dtype_change: bool) -> Callable[[Tensor], None]:

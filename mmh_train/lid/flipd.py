@@ -75,6 +75,7 @@ def trace_of_denoiser(denoiser: Denoiser, x: Tensor, sigma: Tensor, *, precision
     modules = denoiser.modules()
     generator_state = generator.get_state() if generator is not None else None
     first_error: RuntimeError | None = None
+    failed: list[tuple[str, ...]] = []  # remembered only once another configuration works
     for attempt_precision, vectorize in _configurations(precision, mode, device_type, modules):
         check = output_checker(x, allow_dtype_change=attempt_precision != "fp32")
 
@@ -93,17 +94,22 @@ def trace_of_denoiser(denoiser: Denoiser, x: Tensor, sigma: Tensor, *, precision
         except RuntimeError as error:
             first_error = first_error or error
             if vectorize:
-                remember_fallback(modules, ("loop", attempt_precision, mode, device_type))
+                failed.append(("loop", attempt_precision, mode, device_type))
             continue
+        for key in failed:  # the fast path failed where a slower one worked: skip it from now on
+            remember_fallback(modules, key)
         if attempt_precision != precision and first_error is not None:  # a half attempt failed just now
             warn_precision_fallback(precision, device_type, first_error)
             remember_fallback(modules, ("half", precision, device_type))
         return estimate
     assert first_error is not None
+    first_line = str(first_error).splitlines()[0][:300] if str(first_error) else type(first_error).__name__
     if mode == "forward":
-        raise RuntimeError(f"forward-mode JVPs fail through this network ({str(first_error).splitlines()[0][:200]}); "
+        raise RuntimeError(f"forward-mode JVPs fail through this network ({first_line}); "
                            f"pass mode='reverse', which works through stock diffusers UNets.") from first_error
-    raise first_error
+    raise RuntimeError(f"the denoiser failed on x of shape {tuple(x.shape)} and dtype {x.dtype} ({first_line}); check "
+                       f"that x has the shape, dtype and device the network takes, and that the network runs on its "
+                       f"own on x (e.g. denoiser(x, sigma)).") from first_error
 
 
 def flipd_estimate(
