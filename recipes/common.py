@@ -93,7 +93,7 @@ def validate(train: TrainConfig, monitor: MonitorConfig, remedies: RemedyConfig)
     check_ranges({"train.steps": (train.steps, 1), "train.batch_size": (train.batch_size, 1),
                   "train.n_samples": (train.n_samples, 1), "train.sample_steps": (train.sample_steps, 1),
                   "train.checkpoint_every": (train.checkpoint_every, 1), "train.max_timestep": (train.max_timestep, 1),
-                  "monitor.every_n_steps": (monitor.every_n_steps, 1), "monitor.reference_k": (monitor.reference_k, 2),
+                  "monitor.every_n_steps": (monitor.every_n_steps, 1), "monitor.reference_k": (monitor.reference_k, 1),
                   "monitor.n_probes": (monitor.n_probes, 1), "monitor.n_train_probes": (monitor.n_train_probes, 1),
                   "monitor.n_heldout_probes": (monitor.n_heldout_probes, 1),
                   "monitor.od_margin": (monitor.od_margin, 0.0), "monitor.dd_threshold": (monitor.dd_threshold, 0.0),

@@ -74,7 +74,7 @@ def test_digits_class_conditional_end_to_end(tmp_path):
     (["monitor.sigma=-1"], "monitor.sigma must be a finite number > 0"),
     (["data.dup_fraction=2.0"], "choose it in [0, 1]"),
     (["train.lr=-1"], "train.lr must be a finite number > 0"),
-    (["monitor.reference_k=1"], "monitor.reference_k must be ≥ 2"),
+    (["monitor.reference_k=0"], "monitor.reference_k must be ≥ 1"),
 ])
 def test_bad_toy_configs_fail_before_training(tmp_path, capsys, argv, message):
     assert toy.main([f"out_dir={tmp_path / 'run'}", *argv]) == 2
