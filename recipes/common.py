@@ -51,6 +51,7 @@ class TrainConfig:
     progress_bar: bool = True
     n_samples: int = 1000            # generated after training, for copy rate and quality
     sample_steps: int = 32
+    threads: Optional[int] = None    # CPU threads for torch; None: the recipe's choice unless OMP_NUM_THREADS is set
 
 
 @dataclass
@@ -94,7 +95,8 @@ def validate(train: TrainConfig, monitor: MonitorConfig, remedies: RemedyConfig)
                   "train.n_samples": (train.n_samples, 1), "train.sample_steps": (train.sample_steps, 1),
                   "train.checkpoint_every": (train.checkpoint_every, 1), "train.max_timestep": (train.max_timestep, 1),
                   "monitor.every_n_steps": (monitor.every_n_steps, 1), "monitor.reference_k": (monitor.reference_k, 1),
-                  "monitor.n_probes": (monitor.n_probes, 1), "monitor.n_train_probes": (monitor.n_train_probes, 1),
+                  "train.threads": (train.threads, 1), "monitor.n_probes": (monitor.n_probes, 1),
+                  "monitor.n_train_probes": (monitor.n_train_probes, 1),
                   "monitor.n_heldout_probes": (monitor.n_heldout_probes, 1),
                   "monitor.od_margin": (monitor.od_margin, 0.0), "monitor.dd_threshold": (monitor.dd_threshold, 0.0),
                   "remedies.patience": (remedies.patience, 0), "remedies.penalty_weight": (remedies.penalty_weight, 0.0)})
@@ -350,10 +352,18 @@ def config_dict(config: object) -> dict:
     return OmegaConf.to_container(OmegaConf.structured(config))
 
 
-def start_run(config: Any) -> Path:
-    """Creates ``config.out_dir`` and saves the resolved configuration in it."""
+def start_run(config: Any, *, default_threads: Optional[int] = None) -> Path:
+    """Sets torch's CPU threads, creates ``config.out_dir`` and saves the resolved configuration in it.
+
+    Threads: ``train.threads`` when given; else the recipe's ``default_threads`` unless the caller set
+    ``OMP_NUM_THREADS`` (then torch's own choice stands). Small models run fastest on one thread: the toy
+    main job took 25 s per 1000 steps on 1 thread against 61 s with torch's default on 2 shared cores.
+    """
     from mmh_train.config import save_config
 
+    threads = config.train.threads or (None if "OMP_NUM_THREADS" in os.environ else default_threads)
+    if threads:
+        torch.set_num_threads(threads)
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / "config.yaml")

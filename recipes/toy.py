@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"config error: {error}", file=sys.stderr)
         return 2
-    run_dir = start_run(cfg)
+    run_dir = start_run(cfg, default_threads=1)  # a small MLP: one thread is fastest
 
     # ------------------------------------------------------------ data with known LID and duplicates
     g = torch.Generator().manual_seed(cfg.train.seed)

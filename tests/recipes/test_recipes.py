@@ -40,6 +40,24 @@ def test_toy_end_to_end(tmp_path, capsys):
     assert "| control | excess (95% CI) |" in md and "weights of step" in md
 
 
+def test_toy_picks_one_thread_unless_told(tmp_path, monkeypatch):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        torch.set_num_threads(2)
+        assert toy.main([f"out_dir={tmp_path / 'a'}", *TINY_TOY, "remedies.compare=false"]) == 0
+        assert torch.get_num_threads() == 1  # the small MLP's fastest setting
+        assert toy.main([f"out_dir={tmp_path / 'b'}", *TINY_TOY, "remedies.compare=false", "train.threads=2"]) == 0
+        assert torch.get_num_threads() == 2
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the caller's explicit choice stands
+        assert toy.main([f"out_dir={tmp_path / 'c'}", *TINY_TOY, "remedies.compare=false"]) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_toy_as_a_rectified_flow(tmp_path):
     assert toy.main([f"out_dir={tmp_path}", *TINY_TOY, "train.objective=rectified_flow", "remedies.compare=false"]) == 0
     assert_report(tmp_path, variants=("remedied",))
