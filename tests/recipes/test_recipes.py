@@ -58,6 +58,15 @@ def test_toy_picks_one_thread_unless_told(tmp_path, monkeypatch):
         torch.set_num_threads(before)
 
 
+def test_progress_is_a_few_lines_not_a_bar_per_epoch(tmp_path, capfd):
+    args = [a for a in TINY_TOY if a != "train.progress_bar=false"] + ["remedies.compare=false", "train.steps=100"]
+    assert toy.main([f"out_dir={tmp_path}", *args]) == 0
+    out, err = capfd.readouterr()
+    lines = [line for line in out.splitlines() if line.startswith("remedied: step")]
+    assert len(lines) == 10 and lines[-1].startswith("remedied: step 100/100  loss ")
+    assert "it/s" not in out + err  # no tqdm bar
+
+
 def test_toy_as_a_rectified_flow(tmp_path):
     assert toy.main([f"out_dir={tmp_path}", *TINY_TOY, "train.objective=rectified_flow", "remedies.compare=false"]) == 0
     assert_report(tmp_path, variants=("remedied",))
