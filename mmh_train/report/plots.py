@@ -234,12 +234,13 @@ def _pca_samples(record: RunRecord, copy_threshold: float) -> Figure:
     dup = record.duplicated.detach().cpu().numpy() if record.duplicated is not None else None
     handles: dict[str, object] = {}
     for ax, v in zip(axes, record.variants):
-        h = ax.scatter(train2[shown, 0], train2[shown, 1], s=5, c="#b5b5b5", alpha=0.5, lw=0, zorder=1,
-                       label="training points" + ("" if len(shown) == train2.shape[0] else " (subsample)"))
+        # Drawn above the samples, hollow, so that both stay visible where samples pile up on training points.
+        h = ax.scatter(train2[shown, 0], train2[shown, 1], s=22, facecolors="none", edgecolors="black", lw=0.7,
+                       zorder=5, label="training points" + ("" if len(shown) == train2.shape[0] else " (subsample)"))
         handles.setdefault("train", h)
         if dup is not None and dup.any():
             h = ax.scatter(train2[dup, 0], train2[dup, 1], s=34, facecolors="none", edgecolors=DUPLICATE_COLOUR,
-                           marker="s", lw=1.0, zorder=2, label=f"duplicated training points ({int(dup.sum())})")
+                           marker="s", lw=1.0, zorder=6, label=f"duplicated training points ({int(dup.sum())})")
             handles.setdefault("dup", h)
         S = v.samples.shape[0]
         if S:

@@ -200,7 +200,7 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
                       "(none grey, OD red, DD blue); the dashed line is y = x."))
     out.append(B("img", "LID_θ vs LID* per training probe", href=PLOT_FILES["lid_scatter"]))
     if record.kind == "vectors":
-        what = ("Training points (grey; duplicated ones boxed in blue) and generated samples (orange; copies as red "
+        what = ("Training points (black circles, drawn on top; duplicated ones boxed in blue) and generated samples (orange; copies as red "
                 "crosses), projected on the first two principal components of the training set.")
     else:
         what = ("Top row: the most memorized training images of the first variant. Then, per variant, generated "
