@@ -46,6 +46,14 @@ class MemorizationLabels:
         lid_model: LID_θ as given, in the promoted dtype (NaN where not measured).
         lid_ref: LID* as given, in the promoted dtype on ``lid_model``'s device.
         measured: bool, whether both LIDs are known at the point.
+        rule: which rule made the labels: ``"reference"`` (LID_θ against LID* with absolute or relative
+            margins, :func:`classify_memorization`) or ``"heldout_null"`` (calibrated against the model's
+            own LID_θ on nearby held-out points, :func:`mmh_train.verdicts.calibrated_labels`).
+        score: ``[N]`` float64 memorization score, higher = more memorized (the held-out null's combined z);
+            None under the reference rule, where ``od_gap`` ranks.
+        p_value: ``[N]`` float64 p-value of "not memorized" (before Benjamini–Hochberg), or None.
+        drop: ``[N]`` relative drop of LID_θ below the local null at the deciding σ, or None.
+        duplicated: ``[N]`` bool, whether the data duplicate the point (what separates DD from OD), or None.
     """
 
     label: Tensor
@@ -53,6 +61,16 @@ class MemorizationLabels:
     lid_model: Tensor
     lid_ref: Tensor
     measured: Tensor
+    score: Tensor | None = None
+    p_value: Tensor | None = None
+    drop: Tensor | None = None
+    duplicated: Tensor | None = None
+    rule: str = "reference"
+
+    @property
+    def ranking(self) -> Tensor:
+        """``[N]`` the score to rank points by (higher = more memorized): ``score``, else ``od_gap``."""
+        return self.score if self.score is not None else self.od_gap
 
     def __len__(self) -> int:
         return self.label.shape[0]
@@ -83,7 +101,8 @@ class MemorizationLabels:
         Args:
             k: how many indices to return at most.
             kind: ``"od"``: OD-labelled points by decreasing ``od_gap``; ``"dd"``: DD-labelled points by
-                increasing ``lid_model`` (ties by index).
+                increasing ``lid_model`` (ties by index). Under the held-out rule both rank by decreasing
+                ``score``.
 
         Returns:
             Long tensor ``[min(k, number of points with that label)]`` of point indices.
@@ -94,7 +113,10 @@ class MemorizationLabels:
         check_positive_int(k, "k")
         check_choice(kind, "kind", _TOP_KINDS)
         candidates = torch.nonzero(self.label == (OD if kind == "od" else DD)).flatten()
-        key = -self.od_gap[candidates] if kind == "od" else self.lid_model[candidates]
+        if self.score is not None:
+            key = -self.score[candidates]
+        else:
+            key = -self.od_gap[candidates] if kind == "od" else self.lid_model[candidates]
         order = torch.sort(key, stable=True).indices[:k]
         return candidates[order]
 

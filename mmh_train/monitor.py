@@ -31,6 +31,9 @@ from .memorization import MemorizationLabels, classify_memorization, collapse_sc
 from .parameterizations import as_denoiser
 from .probes import InputFn, choose_probe_indices, dataset_size, gather_points, interleave
 from .reference_choice import ReferenceLID
+from .survey import DataSurvey, sigma_grid, survey_training_data
+from .verdicts import calibrated_labels
+from .views import comparison_view
 
 __all__ = ["MemorizationMonitor", "CheckResult", "ESTIMATORS"]
 
@@ -94,13 +97,21 @@ def _latest(history: Tensor) -> Tensor:
     return out
 
 
+#: label_options of the held-out rule (:func:`~mmh_train.verdicts.calibrated_labels`).
+HELDOUT_NULL_OPTIONS = ("k", "fdr", "min_drop")
+
+
 def _check_options(estimator: str | Estimator, estimator_options: dict[str, Any] | None,
-                   label_options: dict[str, Any] | None) -> None:
+                   label_options: dict[str, Any] | None, rule: str) -> None:
     """Refuses option names the estimator or the labelling does not take, before the first check."""
-    labelling = set(inspect.signature(classify_memorization).parameters) - {"lid_model", "lid_ref", "detect_dd"}
+    if rule == "heldout_null":
+        labelling = set(HELDOUT_NULL_OPTIONS)
+    else:
+        labelling = set(inspect.signature(classify_memorization).parameters) - {"lid_model", "lid_ref", "detect_dd"}
     unknown = sorted(set(label_options or {}) - labelling)
     if unknown:
-        raise ValueError(f"label_options has unknown key(s) {unknown}; valid keys: {sorted(labelling)}.")
+        raise ValueError(f"label_options has unknown key(s) {unknown} for the {rule!r} rule; valid keys: "
+                         f"{sorted(labelling)}.")
     function = ESTIMATORS.get(estimator) if isinstance(estimator, str) else estimator
     try:
         parameters = inspect.signature(function).parameters
@@ -123,7 +134,10 @@ class MemorizationMonitor:
         heldout_data: held-out points from the same distribution, or ``None``.
         n_train_probes, n_heldout_probes: probe set sizes; ``None`` takes up to 128 training and 64
             held-out points (all of them in smaller sets). A number larger than the set is an error.
-        sigma: one noise level or several; the first is primary (labels, metrics).
+        sigma: one noise level or several; the first is primary (metrics, ``lid_train``). ``"auto"`` (default)
+            takes :data:`~mmh_train.survey.SPACING_FRACTIONS` (0.8, 0.5, 0.3) of the training set's spacing,
+            the median distance from a training probe to its nearest distinct training point: a memorizer
+            collapses below it, whatever the data's scale or dimension.
         every_n_steps, every_n_epochs: cadence (``maybe_check``); default every epoch.
         estimator: ``"flipd"`` (default), ``"normal_bundle"`` or a callable
             ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]``.
@@ -133,11 +147,17 @@ class MemorizationMonitor:
         max_seconds_per_check: budget in seconds, converted to points with the speed of earlier checks.
         max_fraction_of_training: budget as a fraction of the training time since the previous check
             (0.03: checks may cost 3% of training), converted to points likewise; averaged over ranks.
-        reference: LID* per training probe: ``"data"`` (model-free ``reference_lid`` over the training set,
-            computed once), a tensor ``[N]`` of known LID per dataset index, ``"heldout"`` (the model's own
-            LID on each probe's nearest held-out probes), or ``None`` (no labels; collapse only).
-        reference_options: for ``"data"``: ``method``, ``k``, ``duplicate_radius``; for ``"heldout"``: ``k``.
-        label_options: ``od_margin``, ``relative``, ``dd_threshold`` of ``classify_memorization``.
+        reference: how training probes are labelled. ``"auto"`` (default): ``"heldout_null"`` when held-out
+            data are given, else ``"data"``. ``"heldout_null"``: calibrated verdicts against the model's own
+            LID_θ on nearby held-out probes at every σ (:func:`~mmh_train.verdicts.calibrated_labels`; Benjamini–
+            Hochberg at ``fdr``), DD where the data duplicate the point (exact or near copies in the
+            comparison view). The model-free rules compare LID_θ with a LID* and fixed margins: ``"data"``
+            (``reference_lid`` over the training set, computed once), a tensor ``[N]`` of known LID per dataset
+            index, ``"heldout"`` (the mean LID of each probe's nearest held-out probes); ``None``: no labels.
+        reference_options: for ``"data"``: ``method``, ``k``, ``duplicate_radius``; for ``"heldout"``: ``k``;
+            for ``"heldout_null"``: ``near_ratio`` (near-duplicate links, see :mod:`mmh_train.survey`).
+        label_options: ``"heldout_null"``: ``k`` (5), ``fdr`` (0.05), ``min_drop`` (0.5); the model-free rules:
+            ``od_margin``, ``relative``, ``dd_threshold`` of ``classify_memorization``.
         early_checks: checks averaged into each probe's own baseline for the collapse signal.
         batch_size: probes per estimator call.
         seed: seeds the probe choice and the estimator's noise.
@@ -148,19 +168,22 @@ class MemorizationMonitor:
 
     def __init__(self, train_data: Tensor | Sequence[Any], heldout_data: Tensor | Sequence[Any] | None = None, *,
                  n_train_probes: int | None = None, n_heldout_probes: int | None = None,
-                 sigma: float | Sequence[float] = 0.17, every_n_steps: int | None = None,
+                 sigma: float | Sequence[float] | str = "auto", every_n_steps: int | None = None,
                  every_n_epochs: int | None = None, estimator: str | Estimator = "flipd",
                  estimator_options: dict[str, Any] | None = None, max_probes_per_check: int | None = None,
                  max_seconds_per_check: float | None = None, max_fraction_of_training: float | None = None,
-                 reference: str | Tensor | None = "data",
+                 reference: str | Tensor | None = "auto",
                  reference_options: dict[str, Any] | None = None, label_options: dict[str, Any] | None = None,
                  early_checks: int = 2, batch_size: int = 128, seed: int = 0, input_fn: InputFn | None = None,
                  distributed: DistributedOps | None = None) -> None:
         n_train = dataset_size(train_data)
         n_held = dataset_size(heldout_data) if heldout_data is not None else 0
-        sigmas = [float(s) for s in (sigma if isinstance(sigma, (list, tuple)) else [sigma])]
-        if not sigmas or any(not (math.isfinite(s) and s > 0) for s in sigmas):
-            raise ValueError(f"sigma must be one or more finite noise levels > 0; got {sigma!r}.")
+        if isinstance(sigma, str) and sigma != "auto":
+            raise ValueError(f"sigma={sigma!r} is not known; pass 'auto' (fractions of the training set's spacing) "
+                             f"or one or more noise levels > 0.")
+        sigmas = [] if sigma == "auto" else [float(s) for s in (sigma if isinstance(sigma, (list, tuple)) else [sigma])]
+        if sigma != "auto" and (not sigmas or any(not (math.isfinite(s) and s > 0) for s in sigmas)):
+            raise ValueError(f"sigma must be 'auto' or one or more finite noise levels > 0; got {sigma!r}.")
         for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs),
                             ("n_train_probes", n_train_probes), ("n_heldout_probes", n_heldout_probes),
                             ("max_probes_per_check", max_probes_per_check)):
@@ -176,9 +199,17 @@ class MemorizationMonitor:
             raise ValueError(f"estimator={estimator!r} is not known; choose one of {sorted(ESTIMATORS)} or pass a callable.")
         if not isinstance(estimator, str) and not callable(estimator):
             raise TypeError(f"estimator must be a name or a callable; got {type(estimator).__name__}.")
-        if reference == "heldout" and heldout_data is None:
-            raise ValueError("reference='heldout' needs heldout_data; pass held-out points or use reference='data'.")
-        self.reference = ReferenceLID(reference, reference_options or {})
+        if isinstance(reference, str) and reference in ("heldout", "heldout_null") and heldout_data is None:
+            raise ValueError(f"reference={reference!r} needs heldout_data; pass held-out points or use reference='data'.")
+        if isinstance(reference, str) and reference == "auto":
+            reference = "heldout_null" if heldout_data is not None and n_held >= 2 else "data"
+        self.rule = "heldout_null" if isinstance(reference, str) and reference == "heldout_null" else "reference"
+        survey_options = dict(reference_options or {}) if self.rule == "heldout_null" else {}
+        if set(survey_options) - {"near_ratio"}:
+            raise TypeError(f"reference_options {sorted(set(survey_options) - {'near_ratio'})} do not apply to "
+                            f"reference='heldout_null'; it takes 'near_ratio'.")
+        self.reference = ReferenceLID(None if self.rule == "heldout_null" else reference,
+                                      {} if self.rule == "heldout_null" else (reference_options or {}))
         k = (reference_options or {}).get("k", 20)
         if isinstance(reference, str) and reference == "data" and k >= n_train:
             raise ValueError(f"reference='data' estimates LID* from k={k} neighbours but the training set has "
@@ -189,7 +220,7 @@ class MemorizationMonitor:
         self.heldout_index = (choose_probe_indices(n_held, n_heldout_probes or min(n_held, 64), generator,
                                                    name="n_heldout_probes")
                               if heldout_data is not None else torch.zeros(0, dtype=torch.long))
-        _check_options(estimator, estimator_options, label_options)
+        _check_options(estimator, estimator_options, label_options, self.rule)
         if heldout_data is not None and n_held and n_train:
             first_train = gather_points(train_data, torch.zeros(1, dtype=torch.long), input_fn)
             first_held = gather_points(heldout_data, torch.zeros(1, dtype=torch.long), input_fn)
@@ -198,6 +229,11 @@ class MemorizationMonitor:
                                  f"have {tuple(first_train.shape[1:])}; pass held-out data in the training data's "
                                  f"space (same resolution, channels and preprocessing).")
         self.train_data, self.heldout_data, self.input_fn = train_data, heldout_data, input_fn
+        self.survey: DataSurvey | None = None
+        if self.rule == "heldout_null" or not sigmas:  # one pass over the data, before any training
+            self.survey = survey_training_data(train_data, self.train_index, input_fn=input_fn, **survey_options)
+            if not sigmas:
+                sigmas = sigma_grid(self.survey.spacing)
         self.sigmas, self.seed, self.batch_size, self.early_checks = sigmas, seed, batch_size, early_checks
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs if (every_n_epochs or every_n_steps) else 1
@@ -356,8 +392,11 @@ class MemorizationMonitor:
         # After a healthy check, a check where every probe went non-finite has nothing to label: its metrics
         # turn NaN below and stopping fires. On the first check the same is an error that names the causes.
         diverged = bool(bad.any()) and upto > 1 and not bool(torch.isfinite(lid_train).any())
-        labels = (classify_memorization(lid_train, reference, **options)
-                  if reference is not None and not diverged else None)
+        if self.rule == "heldout_null":
+            labels = None if diverged else self._calibrated(upto, bad)
+        else:
+            labels = (classify_memorization(lid_train, reference, **options)
+                      if reference is not None and not diverged else None)
         collapse = collapse_score(primary[:, :P], early_checks=self.early_checks)
         # A metric is absent (not NaN) where it does not apply or is not available yet, so that NaN keeps
         # meaning "the model produced NaN" for check_finite-style stopping.
@@ -367,7 +406,7 @@ class MemorizationMonitor:
             metrics["lid_gap"] = metrics["lid_heldout"] - metrics["lid_train"]
         if bool(torch.isfinite(collapse).any()):
             metrics["collapse"] = _nanmean(collapse)
-        if reference is not None:
+        if reference is not None or self.rule == "heldout_null":
             metrics["od_fraction"] = labels.fraction("od") if labels is not None else math.nan
             metrics["dd_fraction"] = labels.fraction("dd") if labels is not None else math.nan
         if bool(bad.any()):  # a diverged model: no metric of this check is a number
@@ -376,6 +415,24 @@ class MemorizationMonitor:
         return CheckResult(step=self.steps[upto - 1], epoch=self.epochs[upto - 1], train_index=self.train_index,
                            lid_train=lid_train, heldout_index=self.heldout_index, lid_heldout=lid_heldout,
                            labels=labels, collapse=collapse, n_measured=n_measured, seconds=seconds, metrics=metrics)
+
+    def _calibrated(self, upto: int, bad: Tensor) -> MemorizationLabels:
+        """Held-out-null verdicts from the latest value of every probe at every σ, as of check ``upto``."""
+        history = self.history_tensor()[:upto]  # [C, S, P + Q]
+        latest = torch.stack([_latest(history[:, s, :]) for s in range(history.shape[1])])
+        latest[:, bad] = math.nan
+        P = len(self.train_index)
+        view = self.view()
+        return calibrated_labels(latest[:, :P], latest[:, P:], view[:P], view[P:],
+                                 duplicated=self.survey.groups.duplicated[self.train_index], **self.label_options)
+
+    def view(self) -> Tensor:
+        """``[P + Q, F]`` the probes in the comparison view (train probes first), where "near" is measured."""
+        parts = [self.survey.view[self.train_index]] if self.survey is not None else \
+            [comparison_view(self.points()[: len(self.train_index)])]
+        if len(self.heldout_index):
+            parts.append(comparison_view(self.points()[len(self.train_index):]))
+        return torch.cat(parts)
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:

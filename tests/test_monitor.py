@@ -135,7 +135,7 @@ def test_collapse_signal_needs_no_reference():
     ({"n_train_probes": 500}, ValueError, "larger than the dataset \\(50 points\\)"),
     ({"max_probes_per_check": 0}, ValueError, "max_probes_per_check must be an integer ≥ 1"),
     ({"max_seconds_per_check": 0.0}, ValueError, "max_seconds_per_check must be a finite number of seconds > 0"),
-    ({"sigma": -1.0}, ValueError, "sigma must be one or more finite noise levels > 0"),
+    ({"sigma": -1.0}, ValueError, "sigma must be .auto. or one or more finite noise levels > 0"),
     ({"estimator": "lpca"}, ValueError, "estimator='lpca' is not known"),
     ({"reference": "heldout"}, ValueError, "needs heldout_data"),
     ({"reference": "truth"}, ValueError, "choose 'data', 'heldout'"),

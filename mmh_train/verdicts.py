@@ -1,0 +1,193 @@
+"""Per-point memorization verdicts calibrated against held-out points (science.md §1 and §7).
+
+Held-out points are not memorized by construction, so the LID_θ a model reads on held-out points near a
+training point is that point's null: it brings the data set's dimension, the network's bias and the
+estimator's noise with it, on every data set. For each training probe i and noise level σ_s:
+
+    m_s(i)    = mean LID_θ(·; σ_s) over the k held-out probes nearest to i         (the local null)
+    drop_s(i) = (m_s(i) − LID_θ(i; σ_s)) / max(|m_s(i)|, 1)                      (relative collapse)
+
+Every held-out probe j gets the same drop against its k nearest *other* held-out probes: a sample of the
+statistic under "not memorized". Per σ, the drop is standardised against that sample,
+
+    z_s(i) = (drop_s(i) − median_j drop_s(j)) / (1.4826 · MAD_j drop_s(j)),
+
+the noise levels are combined by the largest z (a memorizer collapses below the training points' spacing,
+at whichever σ resolves it) with a Bonferroni correction, p(i) = min(1, S · Φ̄(max_s z_s(i))), and the
+p-values go through Benjamini–Hochberg at level ``fdr``. A point is memorized where BH rejects **and** its
+LID_θ fell to at most ``1 − min_drop`` of the local null at that σ (significance and size). Memorized points
+that the data duplicate (a duplicate group) are DD, the others OD.
+
+The normal tail on a robust z is an approximation; the tests check the false-discovery rate on a
+generalizing oracle and on held-out points split in two, and docs/science.md §7 gives the measured rates.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .chance import benjamini_hochberg
+from .memorization import DD, NONE, OD, MemorizationLabels
+from .neighbors import knn
+
+__all__ = ["local_null", "relative_drop", "robust_z", "combine_noise_levels", "calibrated_labels",
+           "MAD_TO_SD"]
+
+#: 1.4826 · MAD estimates a normal distribution's standard deviation.
+MAD_TO_SD = 1.482602218505602
+_TINY_SCALE = 1e-6
+
+
+def local_null(lid_heldout: Tensor, heldout_view: Tensor, query_view: Tensor | None, k: int) -> Tensor:
+    """Mean held-out LID_θ near each query, per noise level.
+
+    Args:
+        lid_heldout: ``[S, Q]`` LID_θ of the held-out probes at S noise levels (NaN: not measured).
+        heldout_view: ``[Q, F]`` the held-out probes in the comparison view.
+        query_view: ``[P, F]`` the queries in the same view, or ``None`` for the held-out probes themselves,
+            each against its nearest *other* held-out probes (leave-one-out).
+        k: neighbours averaged (clipped to the number available).
+
+    Returns:
+        ``[S, P]`` (or ``[S, Q]``) float64; NaN where none of the neighbours was measured.
+    """
+    q = heldout_view.shape[0]
+    k = min(k, q - 1 if query_view is None else q)
+    _, index = knn(heldout_view, query_view, k, exclude_self=query_view is None)
+    return lid_heldout.double()[:, index.cpu()].nanmean(-1)
+
+
+def relative_drop(lid: Tensor, null: Tensor) -> Tensor:
+    """(null − lid) / max(|null|, 1): the fraction of the local null's dimension the model lost (any shape)."""
+    return (null - lid) / null.abs().clamp(min=1.0)
+
+
+def robust_z(drop: Tensor, null_drop: Tensor) -> Tensor:
+    """Standardises ``drop [S, P]`` against the null sample ``null_drop [S, Q]`` per row (median and MAD).
+
+    Returns ``[S, P]`` float64; NaN where ``drop`` is NaN or a row's null sample has no finite value.
+    """
+    centre = null_drop.nanmedian(dim=1, keepdim=True).values
+    mad = (null_drop - centre).abs().nanmedian(dim=1, keepdim=True).values
+    scale = (MAD_TO_SD * mad).clamp(min=_TINY_SCALE)
+    return (drop - centre) / scale
+
+
+def combine_noise_levels(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Largest z over the noise levels, with a Bonferroni-corrected one-sided normal p-value.
+
+    Args:
+        z: ``[S, P]`` standardised drops (NaN where not measured).
+
+    Returns:
+        ``(score [P], p_value [P], level [P])``: the largest finite z (NaN where none), min(1, S' · Φ̄(score))
+        with S' the number of finite levels of that point (1 where none), and the index of the level that
+        gave the score (−1 where none).
+    """
+    finite = torch.isfinite(z)
+    filled = torch.where(finite, z, torch.full_like(z, -math.inf))
+    score, level = filled.max(0)
+    levels = finite.sum(0).clamp(min=1).double()
+    tail = 0.5 * torch.special.erfc(score.double() / math.sqrt(2.0))
+    p_value = (levels * tail).clamp(max=1.0)
+    none = ~finite.any(0)
+    score = torch.where(none, torch.full_like(score, math.nan), score)
+    p_value = torch.where(none, torch.ones_like(p_value), p_value)
+    level = torch.where(none, torch.full_like(level, -1), level)
+    return score, p_value, level
+
+
+def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor, heldout_view: Tensor, *,
+                      duplicated: Tensor | None = None, k: int = 5, fdr: float = 0.05,
+                      min_drop: float = 0.5) -> MemorizationLabels:
+    """OD/DD verdicts of training probes against the model's own LID_θ on nearby held-out probes.
+
+    Args:
+        lid_train: ``[S, P]`` LID_θ of the training probes at S noise levels (row 0 is the primary σ whose
+            values fill ``lid_model``); ``[P]`` for one level. NaN where not measured.
+        lid_heldout: ``[S, Q]`` (or ``[Q]``) LID_θ of the held-out probes at the same levels.
+        train_view, heldout_view: ``[P, F]`` / ``[Q, F]`` the probes in the view where "near" is measured
+            (the data, or a deterministic reduction of images; see :mod:`mmh_train.views`).
+        duplicated: ``[P]`` bool, whether the data duplicate each training probe (a duplicate group of two
+            or more); None means no point is.
+        k: held-out neighbours in each local null (≥ 1; Q ≥ k + 1 held-out probes needed).
+        fdr: Benjamini–Hochberg level in (0, 1) over the measured training probes.
+        min_drop: the smallest relative drop below the local null that counts, in [0, 1).
+
+    Returns:
+        :class:`~mmh_train.MemorizationLabels` with ``rule="heldout_null"``: ``score`` (higher = more
+        memorized), ``p_value``, ``drop`` and ``duplicated`` per probe; ``lid_ref`` is the local null at
+        the primary σ and ``od_gap`` its difference from ``lid_model``.
+    """
+    lid_train, lid_heldout = _as_levels(lid_train, "lid_train"), _as_levels(lid_heldout, "lid_heldout")
+    p, q = lid_train.shape[1], lid_heldout.shape[1]
+    if lid_train.shape[0] != lid_heldout.shape[0]:
+        raise ValueError(f"lid_train and lid_heldout must be measured at the same noise levels; got "
+                         f"{lid_train.shape[0]} and {lid_heldout.shape[0]} rows.")
+    _check_view(train_view, p, "train_view")
+    _check_view(heldout_view, q, "heldout_view")
+    if train_view.reshape(p, -1).shape[1] != heldout_view.reshape(q, -1).shape[1]:
+        raise ValueError("train_view and heldout_view must live in the same space (same number of features).")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an integer ≥ 1 (held-out neighbours per local null); got {k!r}.")
+    if q < 2:
+        raise ValueError(f"a held-out null needs at least 2 held-out probes (each is compared with its nearest "
+                         f"others); got {q}. Pass more held-out points, or use reference='data'.")
+    if not 0.0 < fdr < 1.0:
+        raise ValueError(f"fdr must lie in (0, 1), e.g. 0.05; got {fdr!r}.")
+    if isinstance(min_drop, bool) or not isinstance(min_drop, (int, float)) or not 0.0 <= min_drop < 1.0:
+        raise ValueError(f"min_drop must lie in [0, 1) (0.5: LID_θ at most half the local null); got {min_drop!r}.")
+    if duplicated is None:
+        duplicated = torch.zeros(p, dtype=torch.bool)
+    if not isinstance(duplicated, Tensor) or duplicated.shape != (p,):
+        raise ValueError(f"duplicated must be a bool tensor of shape [{p}] (one flag per training probe).")
+    duplicated = duplicated.bool().cpu()
+
+    train_view, heldout_view = train_view.reshape(p, -1).cpu(), heldout_view.reshape(q, -1).cpu()
+    null_train = local_null(lid_heldout.cpu(), heldout_view, train_view, k)
+    null_heldout = local_null(lid_heldout.cpu(), heldout_view, None, k)
+    drop = relative_drop(lid_train.double().cpu(), null_train)
+    z = robust_z(drop, relative_drop(lid_heldout.double().cpu(), null_heldout))
+    score, p_value, level = combine_noise_levels(z)
+    measured = torch.isfinite(lid_train[0].cpu()) & torch.isfinite(null_train[0])
+    tested = torch.isfinite(score)
+    rejected = torch.zeros(p, dtype=torch.bool)
+    if bool(tested.any()):
+        rejected[tested] = benjamini_hochberg(p_value[tested], fdr)
+    best_drop = torch.where(level >= 0, drop.gather(0, level.clamp(min=0)[None]).squeeze(0),
+                            torch.full((p,), math.nan, dtype=torch.float64))
+    memorized = rejected & (best_drop >= min_drop)
+    label = torch.full((p,), NONE, dtype=torch.long)
+    label[memorized & ~duplicated] = OD
+    label[memorized & duplicated] = DD
+    lid_model, lid_ref = lid_train[0].double().cpu(), null_train[0]
+    od_gap = torch.where(measured, lid_ref - lid_model, torch.full_like(lid_ref, math.nan))
+    return MemorizationLabels(label=label, od_gap=od_gap, lid_model=lid_model, lid_ref=lid_ref, measured=measured,
+                              score=score, p_value=p_value, drop=best_drop, duplicated=duplicated,
+                              rule="heldout_null")
+
+
+def _as_levels(lid: Any, name: str) -> Tensor:
+    if not isinstance(lid, Tensor) or not lid.is_floating_point():
+        raise TypeError(f"{name} must be a floating tensor of LID values, [S, N] or [N]; got "
+                        f"{type(lid).__name__ if not isinstance(lid, Tensor) else lid.dtype}.")
+    if lid.dim() == 1:
+        lid = lid[None]
+    if lid.dim() != 2 or lid.shape[1] == 0:
+        raise ValueError(f"{name} must have shape [S, N] (noise levels × probes) or [N]; got {tuple(lid.shape)}.")
+    if bool(torch.isinf(lid).any()):
+        raise ValueError(f"{name} holds ±Inf; mark unmeasured probes with NaN (an Inf LID means the model or the "
+                         f"precision overflowed).")
+    return lid
+
+
+def _check_view(view: Any, n: int, name: str) -> None:
+    if not isinstance(view, Tensor) or not view.is_floating_point() or view.dim() < 2 or view.shape[0] != n:
+        raise ValueError(f"{name} must be a floating tensor [{n}, F] (one row per probe); got "
+                         f"{tuple(view.shape) if isinstance(view, Tensor) else type(view).__name__}.")
+    if not bool(torch.isfinite(view).all()):
+        raise ValueError(f"{name} holds NaN or Inf; probes must be finite points.")
