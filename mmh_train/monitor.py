@@ -98,7 +98,7 @@ def _latest(history: Tensor) -> Tensor:
 
 
 #: label_options of the held-out rule (:func:`~mmh_train.verdicts.calibrated_labels`).
-HELDOUT_NULL_OPTIONS = ("k", "fdr", "min_drop")
+HELDOUT_NULL_OPTIONS = ("k", "scale_k", "fdr", "min_drop")
 
 
 def _check_options(estimator: str | Estimator, estimator_options: dict[str, Any] | None,

@@ -6,7 +6,9 @@ What the verdicts need from the data alone (no model):
   linked where two points are closer than ``near_ratio`` times the distance to their ``k``-th nearest
   distinct neighbour. The radius is sized against each point's own neighbourhood, so one ratio works on a
   10-d toy, 64-d digits and reduced images alike, in dense and sparse regions; a group is the connected
-  component of the links.
+  component of the links. Chance links need a point's nearest neighbour within ``near_ratio`` of its k-th:
+  about k·near_ratio^d of the points on a d-dimensional piece (0.4 % at d = 2 with the defaults; on a 1-d
+  piece ~20 %, where near-duplicates are not separable from neighbours by distance alone).
 - **spacing**: the median over the training probes of the distance to the nearest other distinct training
   point, in data units. A memorizing denoiser collapses at σ below the spacing, so the default noise
   levels are fixed fractions of it (:data:`SPACING_FRACTIONS`), from the data's own scale.
@@ -52,7 +54,7 @@ class DataSurvey:
     scale: float
 
 
-def near_duplicate_groups(view: Tensor, *, near_ratio: float = 0.05, k: int = 10) -> DuplicateGroups:
+def near_duplicate_groups(view: Tensor, *, near_ratio: float = 0.02, k: int = 10) -> DuplicateGroups:
     """Exact and near-duplicate groups of the points ``view [N, F]``.
 
     Two points are linked when equal, or when their distance is at most ``near_ratio`` × the smaller of
@@ -60,7 +62,7 @@ def near_duplicate_groups(view: Tensor, *, near_ratio: float = 0.05, k: int = 10
     exact copies only.
     """
     if isinstance(near_ratio, bool) or not isinstance(near_ratio, (int, float)) or not 0 <= near_ratio < 1:
-        raise ValueError(f"near_ratio must lie in [0, 1) (0.05: closer than 5% of the local spacing); got {near_ratio!r}.")
+        raise ValueError(f"near_ratio must lie in [0, 1) (0.02: closer than 2% of the local spacing); got {near_ratio!r}.")
     exact = find_duplicate_groups(view)
     if near_ratio == 0 or exact.n_groups < 3:
         return exact
@@ -101,7 +103,7 @@ def sigma_grid(spacing: float, fractions: Sequence[float] = SPACING_FRACTIONS) -
 
 
 def survey_training_data(data: Tensor | Sequence[Any], probe_index: Tensor, *, input_fn: InputFn | None = None,
-                         near_ratio: float = 0.05, batch_size: int = 256) -> DataSurvey:
+                         near_ratio: float = 0.02, batch_size: int = 256) -> DataSurvey:
     """Streams the training set once (in batches, global RNGs preserved) into its comparison view.
 
     Args:

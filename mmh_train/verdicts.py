@@ -10,9 +10,10 @@ estimator's noise with it, on every data set. For each training probe i and nois
 Every held-out probe j gets the same drop against its k nearest *other* held-out probes: a sample of the
 statistic under "not memorized". Per σ, the drop is standardised against that sample,
 
-    z_s(i) = (drop_s(i) − median_j drop_s(j)) / (1.4826 · MAD_j drop_s(j)),
+    z_s(i) = (drop_s(i) − median_j drop_s(j)) / (1.4826 · MAD_j drop_s(j)),   j over i's ``scale_k`` nearest,
 
-the noise levels are combined by the largest z (a memorizer collapses below the training points' spacing,
+(the estimator's noise differs between regions, e.g. it grows with the local dimension), then recentred
+and rescaled by the median and MAD of the held-out probes' own z (each against its nearest others); the noise levels are combined by the largest z (a memorizer collapses below the training points' spacing,
 at whichever σ resolves it) with a Bonferroni correction, p(i) = min(1, S · Φ̄(max_s z_s(i))), and the
 p-values go through Benjamini–Hochberg at level ``fdr``. A point is memorized where BH rejects **and** its
 LID_θ fell to at most ``1 − min_drop`` of the local null at that σ (significance and size). Memorized points
@@ -66,13 +67,19 @@ def relative_drop(lid: Tensor, null: Tensor) -> Tensor:
     return (null - lid) / null.abs().clamp(min=1.0)
 
 
-def robust_z(drop: Tensor, null_drop: Tensor) -> Tensor:
-    """Standardises ``drop [S, P]`` against the null sample ``null_drop [S, Q]`` per row (median and MAD).
+def robust_z(drop: Tensor, null_drop: Tensor, neighbours: Tensor | None = None) -> Tensor:
+    """Standardises ``drop [S, P]`` against the null sample ``null_drop [S, Q]`` (median and 1.4826·MAD).
 
-    Returns ``[S, P]`` float64; NaN where ``drop`` is NaN or a row's null sample has no finite value.
+    Args:
+        neighbours: ``[P, K]`` indices into the null sample: standardise each point against its own K
+            nearest null values (the estimator's noise differs between regions, e.g. grows with the local
+            dimension); None uses the whole sample for every point.
+
+    Returns ``[S, P]`` float64; NaN where ``drop`` is NaN or a null sample has no finite value.
     """
-    centre = null_drop.nanmedian(dim=1, keepdim=True).values
-    mad = (null_drop - centre).abs().nanmedian(dim=1, keepdim=True).values
+    sample = null_drop[:, None, :] if neighbours is None else null_drop[:, neighbours]  # [S, P or 1, K]
+    centre = sample.nanmedian(dim=-1).values
+    mad = (sample - centre[..., None]).abs().nanmedian(dim=-1).values
     scale = (MAD_TO_SD * mad).clamp(min=_TINY_SCALE)
     return (drop - centre) / scale
 
@@ -102,7 +109,7 @@ def combine_noise_levels(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor, heldout_view: Tensor, *,
-                      duplicated: Tensor | None = None, k: int = 5, fdr: float = 0.05,
+                      duplicated: Tensor | None = None, k: int = 5, scale_k: int = 100, fdr: float = 0.05,
                       min_drop: float = 0.5) -> MemorizationLabels:
     """OD/DD verdicts of training probes against the model's own LID_θ on nearby held-out probes.
 
@@ -115,6 +122,7 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
         duplicated: ``[P]`` bool, whether the data duplicate each training probe (a duplicate group of two
             or more); None means no point is.
         k: held-out neighbours in each local null (≥ 1; Q ≥ k + 1 held-out probes needed).
+        scale_k: held-out neighbours whose null drops set each point's local centre and scale.
         fdr: Benjamini–Hochberg level in (0, 1) over the measured training probes.
         min_drop: the smallest relative drop below the local null that counts, in [0, 1).
 
@@ -132,8 +140,9 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     _check_view(heldout_view, q, "heldout_view")
     if train_view.reshape(p, -1).shape[1] != heldout_view.reshape(q, -1).shape[1]:
         raise ValueError("train_view and heldout_view must live in the same space (same number of features).")
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be an integer ≥ 1 (held-out neighbours per local null); got {k!r}.")
+    for name, value in (("k", k), ("scale_k", scale_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer ≥ 1 (held-out neighbours per local null); got {value!r}.")
     if q < 2:
         raise ValueError(f"a held-out null needs at least 2 held-out probes (each is compared with its nearest "
                          f"others); got {q}. Pass more held-out points, or use reference='data'.")
@@ -151,7 +160,14 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     null_train = local_null(lid_heldout.cpu(), heldout_view, train_view, k)
     null_heldout = local_null(lid_heldout.cpu(), heldout_view, None, k)
     drop = relative_drop(lid_train.double().cpu(), null_train)
-    z = robust_z(drop, relative_drop(lid_heldout.double().cpu(), null_heldout))
+    null_drop = relative_drop(lid_heldout.double().cpu(), null_heldout)
+    # local standardisation: each point against the null drops of its scale_k nearest held-out probes, then
+    # the held-out probes' own local z (leave-one-out) recentre and rescale the result globally
+    kk = min(scale_k, q - 1)
+    _, near_train = knn(heldout_view, train_view, kk)
+    _, near_held = knn(heldout_view, None, kk)
+    z_null = robust_z(null_drop, null_drop, near_held)
+    z = robust_z(robust_z(drop, null_drop, near_train), z_null)
     score, p_value, level = combine_noise_levels(z)
     measured = torch.isfinite(lid_train[0].cpu()) & torch.isfinite(null_train[0])
     tested = torch.isfinite(score)
