@@ -160,7 +160,7 @@ def train_diffusion(x: Tensor, *, steps: int, seed: int = 0, batch_size: int = 1
         else:
             loss = loss_i.mean()
         if guard is not None:
-            loss = loss + guard.penalty(trained.denoiser(), x0, step)
+            loss = loss + guard.penalty(trained.denoiser(), x0, step, indices=index)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

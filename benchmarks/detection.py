@@ -113,6 +113,7 @@ class DataConfig:
     reference_k: int
     n_heldout: int
     width: int = 256
+    n_probes: Optional[int] = None  # FLIPD Hutchinson probes in the monitor (None: its default)
 
 
 @dataclass
@@ -130,6 +131,8 @@ class Config:
                    n_unique=10, steps=8000, sigma=None, reference_k=20, n_heldout=256),
         DataConfig("digits", few=32, many=512, mid=64, dup_base=128, dup_fraction=0.125, dup_copies=8, cond_n=128,
                    n_unique=10, steps=20000, sigma=None, reference_k=10, n_heldout=256),
+        DataConfig("digits32", few=32, many=512, mid=64, dup_base=128, dup_fraction=0.125, dup_copies=8, cond_n=128,
+                   n_unique=10, steps=20000, sigma=None, reference_k=10, n_heldout=256, n_probes=4),
     ])
 
     @classmethod
@@ -139,6 +142,8 @@ class Config:
                        n_unique=3, steps=150, sigma=None, reference_k=8, n_heldout=32, width=64),
             DataConfig("digits", few=24, many=96, mid=48, dup_base=48, dup_fraction=0.1, dup_copies=4, cond_n=48,
                        n_unique=3, steps=150, sigma=None, reference_k=8, n_heldout=32, width=64),
+            DataConfig("digits32", few=24, many=96, mid=48, dup_base=48, dup_fraction=0.1, dup_copies=4, cond_n=48,
+                       n_unique=3, steps=150, sigma=None, reference_k=8, n_heldout=32, width=64, n_probes=1),
         ])
 
 
@@ -164,8 +169,10 @@ def make_pool(dc: DataConfig, seed: int) -> Pool:
         return Pool(sample.x[order].float(), sample.component[order].long(), 3, sample.lid[order].float(), sample.spec)
     digits = load_digits(size=8)
     order = torch.randperm(len(digits), generator=g)
-    x = digits.images.reshape(len(digits), -1)[order].float()
-    return Pool(x, digits.labels[order].long(), 10, None)
+    images = digits.images[order].float()
+    if dc.name == "digits32":  # a 32×32 image set: each digit upsampled (bilinear), flattened to 1024-d
+        images = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    return Pool(images.reshape(len(digits), -1), digits.labels[order].long(), 10, None)
 
 
 def split(pool: Pool, dc: DataConfig) -> tuple[Tensor, Tensor]:
@@ -238,7 +245,8 @@ def run_case(x: Tensor, heldout: Tensor, dc: DataConfig, cfg: Config, *, seed: i
         options = {"estimator": conditional_flipd(lookup)}
     monitor = mmh_train.MemorizationMonitor(
         x, heldout, n_train_probes=n, n_heldout_probes=len(heldout), sigma=dc.sigma or "auto",
-        every_n_steps=max(1, dc.steps // cfg.checks), seed=seed, **options)  # the default rule: held-out null
+        every_n_steps=max(1, dc.steps // cfg.checks), seed=seed,  # the default rule: held-out null
+        estimator_options={} if dc.n_probes is None else {"n_probes": dc.n_probes}, **options)
     trained = H.train_diffusion(x, steps=dc.steps, seed=seed, width=dc.width, guard=mmh_train.MemorizationGuard(monitor),
                                 labels=labels, num_classes=num_classes)
     result = trained.checks[-1]
@@ -435,7 +443,7 @@ def run_dataset(dc: DataConfig, cfg: Config, seed: int, log: Callable[[str], Non
 def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     p = benchmark_parser(__doc__, DEFAULT_OUT, "tiny sizes and a few hundred steps (the test runs this)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--datasets", default=None, help="comma-separated subset of toy,digits")
+    p.add_argument("--datasets", default=None, help="comma-separated subset of toy,digits,digits32")
     p.add_argument("--sigma", action="append", default=[], metavar="DATASET=SIGMA",
                    help="the monitor's noise level for one data set, e.g. digits=0.15 (repeatable)")
     return p.parse_args(argv)

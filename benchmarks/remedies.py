@@ -11,12 +11,14 @@ is trained under six variants:
   - ``none``: plain training;
   - ``reweight``: ``AdaptiveDuplicateWeights(find_duplicate_groups(train))`` (a duplicate group weighs
     one sample; with ``dd_factor`` set, groups the monitor labels DD are further down-weighted);
-  - ``penalty``: ``PenaltySchedule`` — the LID penalty switches on once the monitor's OD fraction
-    exceeds its threshold, with target LID = median LID* of the non-DD probes at that check;
+  - ``penalty``: ``PenaltySchedule`` — the LID penalty switches on for every point once the monitor's OD
+    fraction exceeds its threshold, with one target (the median of the LIDs the probes were compared with);
+  - ``penalty_targeted``: ``PenaltySchedule(n_points=N)`` — the penalty acts only on the points the
+    monitor labels OD, each with its own target (the model's LID on its held-out neighbours);
   - ``early_stopping``: ``MemorizationStopper("od_fraction", patience)`` in a guard with
     ``restore_best_weights=True``: when it stops, the weights of the best check (the first, on ties) are
     loaded back;
-  - ``all``: the three together, in one ``MemorizationGuard``;
+  - ``all``: the three together, in one ``MemorizationGuard``; ``all_targeted``: with the targeted penalty;
   - ``iet_agc``: the IET-AGC-style baseline ``LowLossSkipping(threshold, warmup)`` — samples whose loss is
     below ``threshold`` × their timestep's running mean loss get no gradient (no monitor).
 
@@ -65,7 +67,7 @@ from mmh_train.remedies import AdaptiveDuplicateWeights, PenaltySchedule, find_d
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "remedies.json"
 
-VARIANTS = ("none", "reweight", "penalty", "early_stopping", "all", "iet_agc")
+VARIANTS = ("none", "reweight", "penalty", "penalty_targeted", "early_stopping", "all", "all_targeted", "iet_agc")
 DATASETS = ("toy", "digits")
 #: The goal: the excess copy rate (model − control) −90 % with the quality distance within 10 % of the
 #: unremedied model's.
@@ -81,9 +83,9 @@ class DataSetup:
     dup_fraction: float
     dup_copies: int
     steps: int
-    sigma: float  # the monitor's (and the penalty's) noise level
+    sigma: Optional[float]  # the monitor's (and the penalty's) noise level; None: the monitor's default
     every: int  # monitor cadence, steps
-    reference: str  # "truth" (toy only), "data" or "heldout"
+    reference: str  # "auto" (the default: held-out null), "truth" (toy only), "data" or "heldout"
     reference_k: int = 10
     n_heldout: int = 1000  # toy: held-out points drawn from the mixture (digits: every image not trained on)
     n_probes: Optional[int] = None  # FLIPD Hutchinson probes in the monitor (None: exact trace up to 64 dims)
@@ -96,10 +98,10 @@ class Config:
     """Sizes of one run; ``--quick`` swaps in :meth:`quick`."""
 
     toy: DataSetup = field(default_factory=lambda: DataSetup(
-        n_train=64, dup_fraction=0.05, dup_copies=4, steps=8000, sigma=0.3, every=1000, reference="truth"))
+        n_train=64, dup_fraction=0.05, dup_copies=4, steps=8000, sigma=None, every=1000, reference="auto"))
     digits: DataSetup = field(default_factory=lambda: DataSetup(
-        n_train=40, dup_fraction=0.1, dup_copies=4, steps=5000, sigma=0.3, every=1000, reference="data",
-        reference_k=10, n_train_probes=128, n_heldout_probes=64))
+        n_train=40, dup_fraction=0.1, dup_copies=4, steps=5000, sigma=None, every=1000, reference="auto",
+        reference_k=10, n_train_probes=128, n_heldout_probes=256))
     width: int = 256
     depth: int = 3
     batch: int = 128
@@ -119,10 +121,10 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(toy=DataSetup(n_train=32, dup_fraction=0.1, dup_copies=3, steps=200, sigma=0.3, every=50,
-                                 reference="truth", n_heldout=200),
-                   digits=DataSetup(n_train=60, dup_fraction=0.1, dup_copies=3, steps=200, sigma=0.3, every=50,
-                                    reference="data", reference_k=5, n_probes=2, n_train_probes=32,
+        return cls(toy=DataSetup(n_train=32, dup_fraction=0.1, dup_copies=3, steps=200, sigma=None, every=50,
+                                 reference="auto", n_heldout=200),
+                   digits=DataSetup(n_train=60, dup_fraction=0.1, dup_copies=3, steps=200, sigma=None, every=50,
+                                    reference="auto", reference_k=5, n_probes=2, n_train_probes=32,
                                     n_heldout_probes=16),
                    width=32, depth=2, batch=32, n_samples=100, sample_steps=8, iet_warmup=50, feature_steps=40)
 
@@ -197,20 +199,23 @@ def build_guard(variant: str, data: Data, setup: DataSetup, cfg: Config, seed: i
     reference: Any = data.truth if setup.reference == "truth" else setup.reference
     reference_options = {"k": setup.reference_k} if setup.reference in ("data", "heldout") else {}
     monitor = mmh_train.MemorizationMonitor(
-        data.train, data.heldout, sigma=setup.sigma, every_n_steps=setup.every, reference=reference,
+        data.train, data.heldout, sigma=setup.sigma or "auto", every_n_steps=setup.every, reference=reference,
         reference_options=reference_options,
         n_train_probes=min(setup.n_train_probes, len(data.train)) if setup.n_train_probes else None,
         n_heldout_probes=min(setup.n_heldout_probes, len(data.heldout)) if setup.n_heldout_probes else None,
         estimator_options={} if setup.n_probes is None else {"n_probes": setup.n_probes}, seed=seed)
-    on = {"reweight": variant in ("reweight", "all"), "penalty": variant in ("penalty", "all"),
-          "stop": variant in ("early_stopping", "all")}
+    on = {"reweight": variant in ("reweight", "all", "all_targeted"),
+          "penalty": variant in ("penalty", "all", "penalty_targeted", "all_targeted"),
+          "stop": variant in ("early_stopping", "all", "all_targeted")}
+    targeted = variant in ("penalty_targeted", "all_targeted")
     return mmh_train.MemorizationGuard(
         monitor,
         weights=AdaptiveDuplicateWeights(find_duplicate_groups(data.train), dd_factor=cfg.dd_factor) if on["reweight"] else None,
         penalty=PenaltySchedule(max_weight=cfg.penalty_weight, target=cfg.penalty_target,
-                                od_threshold=cfg.od_threshold) if on["penalty"] else None,
+                                od_threshold=cfg.od_threshold,
+                                n_points=len(data.train) if targeted else None) if on["penalty"] else None,
         stopper=mmh_train.MemorizationStopper("od_fraction", patience=cfg.patience) if on["stop"] else None,
-        restore_best_weights=on["stop"], penalty_sigma=setup.sigma, seed=seed)
+        restore_best_weights=on["stop"], penalty_sigma=setup.sigma, seed=seed)  # None: the monitor's primary σ
 
 
 def run_variant(variant: str, data: Data, setup: DataSetup, cfg: Config, seed: int, quality: Quality) -> dict:
@@ -240,6 +245,8 @@ def run_variant(variant: str, data: Data, setup: DataSetup, cfg: Config, seed: i
         "steps_done": trained.steps_done, "checks": len(trained.checks),
         "penalty_on_step": schedule.activated_at if schedule is not None else None,
         "penalty_target": schedule.target if schedule is not None else None,
+        "penalty_points": (int(torch.isfinite(schedule.point_target).sum())
+                           if schedule is not None and schedule.per_point else None),
         "stopped_step": stopper.stopped_step if stopper is not None else None,
         "restored_step": restored,
         "skipped_fraction": trained.notes.get("skipped_fraction"),

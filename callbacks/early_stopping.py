@@ -76,9 +76,9 @@ class MemorizationEarlyStopping(EarlyStopping):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         super().setup(trainer, pl_module, stage)
         monitor = self._monitor_callback(trainer).monitor
-        if self.monitor in ("mmh/od_fraction", "mmh/dd_fraction") and monitor.reference.kind is None:
-            raise ValueError(f"{self.monitor} needs labels, but the LIDMonitor has no reference LID*; give it "
-                             f"reference='data' (or known LID), or monitor mmh/collapse instead.")
+        if self.monitor in ("mmh/od_fraction", "mmh/dd_fraction") and not monitor.labels_anything:
+            raise ValueError(f"{self.monitor} needs labels, but the LIDMonitor labels nothing (reference=None); give "
+                             f"it held-out data (the default rule) or reference='data', or monitor mmh/collapse.")
         if self.monitor == "mmh/lid_gap" and not len(monitor.heldout_index):
             raise ValueError("mmh/lid_gap compares train and held-out probes, but the LIDMonitor has no held-out "
                              "data; pass heldout_data=... to it, or monitor mmh/od_fraction or mmh/collapse.")

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from mmh_train.data.indexed import check_indices
-from mmh_train.remedies import lid_penalty, weighted_loss
+from mmh_train.remedies import penalty_on_rows, weighted_loss
 
 if TYPE_CHECKING:
     from .penalty_controller import LIDPenaltyController
@@ -56,12 +56,19 @@ class MemorizationMixin:
         return weighted_loss(per_sample_loss, weights.to(per_sample_loss.dtype))
 
     def mmh_lid_penalty(self, x: Tensor, indices: Tensor | None = None) -> Tensor:
-        """weight · mean(relu(target − FLIPD(x; σ))) on a subset of the batch; 0 while the controller is off."""
+        """weight · LID penalty on the batch ``x [B, ...]``; 0 (no extra work) while the controller is off.
+
+        With ``LIDPenaltyController(per_point=True)`` it acts only on the rows whose dataset index
+        (``indices [B]``) the monitor labelled OD, each with its own target.
+        """
         controller = self._mmh_penalty
         if controller is None or controller.weight == 0.0:
             return torch.zeros((), device=x.device, dtype=x.dtype)
-        target = controller.target_for(indices, x)
-        penalty = lid_penalty(self.denoiser(), x, controller.sigma, target, n_probes=controller.n_probes,
-                              subset=min(controller.subset, x.shape[0]) if controller.subset else None,
-                              generator=controller.generator(x.device), reduction="mean")
-        return controller.weight * penalty
+        schedule = controller.schedule
+        if indices is not None and schedule.per_point:
+            indices = check_indices(indices, len(schedule.point_target), allow_repeats=True)
+        rows, target, sigma = schedule.targets_for(indices, x.shape[0])
+        return penalty_on_rows(self.denoiser(), x, controller.sigma if sigma is None else sigma, rows, target,
+                               controller.weight,
+                               n_probes=controller.n_probes, subset=controller.subset,
+                               generator=controller.generator(x.device))

@@ -10,6 +10,7 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
+from mmh_train.probes import dataset_size
 from mmh_train.remedies import PenaltySchedule
 
 from .lid_monitor import LIDMonitor
@@ -28,16 +29,20 @@ class LIDPenaltyController(Callback):
     Args:
         max_weight, od_threshold, ramp_steps, always_on, target: see ``PenaltySchedule``; ``target=None``
             takes the median LID* of the monitor's non-DD training probes when the penalty switches on.
-        sigma: FLIPD's noise level in the penalty.
+        per_point: act only on the points the monitor labels OD, each with its own target (the LID it was
+            compared with), instead of on every point once the OD fraction exceeds ``od_threshold``. Needs
+            the batch's dataset indices in ``mmh_lid_penalty(x, indices)``.
+        sigma: FLIPD's noise level in the penalty; None (default) takes the LIDMonitor's primary σ.
         n_probes: Hutchinson probes (1: one forward + one VJP with double backward).
         subset: how many points of each batch the penalty evaluates (cost bound).
         seed: probes come from a generator seeded with ``seed + rank`` (different per rank, resumable).
     """
 
     def __init__(self, *, max_weight: float = 0.1, od_threshold: float = 0.05, ramp_steps: int = 0,
-                 always_on: bool = False, sigma: float = 0.1, target: float | None = None, n_probes: int = 1,
-                 subset: int | None = 16, seed: int = 0) -> None:
+                 always_on: bool = False, sigma: float | None = None, target: float | None = None,
+                 n_probes: int = 1, subset: int | None = 16, seed: int = 0, per_point: bool = False) -> None:
         super().__init__()
+        self.per_point = per_point
         self.schedule = PenaltySchedule(max_weight=max_weight, od_threshold=od_threshold, ramp_steps=ramp_steps,
                                         always_on=always_on, target=target)
         self.sigma, self.n_probes, self.subset, self.seed = sigma, n_probes, subset, seed
@@ -68,12 +73,6 @@ class LIDPenaltyController(Callback):
                 self._generator.set_state(self._generator_state)
         return self._generator
 
-    def target_for(self, indices: Tensor | None, x: Tensor) -> float:
-        """The LID target of the penalty."""
-        if self.schedule.target is None:
-            raise RuntimeError("the penalty target is unknown: pass target=... or add an LIDMonitor with a reference.")
-        return float(self.schedule.target)
-
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         require_mixin(pl_module, "LIDPenaltyController")
@@ -83,8 +82,22 @@ class LIDPenaltyController(Callback):
                             f"mmh_train.diffusers_denoiser(self.unet, self.noise_scheduler).")
         pl_module._mmh_penalty = self
         self._rank = trainer.global_rank
-        if self.schedule.target is None and not any(isinstance(cb, LIDMonitor) and cb.monitor.reference.kind is not None
-                                                    for cb in trainer.callbacks):
+        monitor = next((cb.monitor for cb in trainer.callbacks if isinstance(cb, LIDMonitor)), None)
+        if self.sigma is None:
+            if monitor is None:
+                raise ValueError("LIDPenaltyController(sigma=None) takes the LIDMonitor's primary σ; add an LIDMonitor "
+                                 "or pass sigma=<noise level>.")
+            self.sigma = monitor.sigmas[0]
+        if self.per_point and self.schedule.point_target.numel() == 0:
+            if monitor is None:
+                raise ValueError("LIDPenaltyController(per_point=True) acts on the points an LIDMonitor labels OD; "
+                                 "add an LIDMonitor.")
+            self.schedule = PenaltySchedule(max_weight=self.schedule.max_weight, od_threshold=self.schedule.od_threshold,
+                                            ramp_steps=self.schedule.ramp_steps, target=self.schedule.target,
+                                            always_on=self.schedule.activated_at == 0,
+                                            n_points=dataset_size(monitor.train_data))
+        if (self.schedule.target is None and not self.per_point
+                and not any(isinstance(cb, LIDMonitor) and cb.monitor.labels_anything for cb in trainer.callbacks)):
             raise ValueError("LIDPenaltyController(target=None) takes the target from an LIDMonitor's reference LID*; "
                              "add LIDMonitor(..., reference='data') or pass target=<the data's LID>.")
         self.weight = self.schedule.weight(trainer.global_step)

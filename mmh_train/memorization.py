@@ -54,6 +54,10 @@ class MemorizationLabels:
         p_value: ``[N]`` float64 p-value of "not memorized" (before Benjamini–Hochberg), or None.
         drop: ``[N]`` relative drop of LID_θ below the local null at the deciding σ, or None.
         duplicated: ``[N]`` bool, whether the data duplicate the point (what separates DD from OD), or None.
+        sigma: ``[N]`` float64, the noise level that decided the point (largest z), NaN where unmeasured; None
+            under the reference rule.
+        null: ``[N]`` float64, the local held-out null at that noise level: the LID a generalizing model
+            reads there (what the per-point LID penalty aims for); None under the reference rule.
     """
 
     label: Tensor
@@ -65,6 +69,8 @@ class MemorizationLabels:
     p_value: Tensor | None = None
     drop: Tensor | None = None
     duplicated: Tensor | None = None
+    sigma: Tensor | None = None
+    null: Tensor | None = None
     rule: str = "reference"
 
     @property

@@ -272,6 +272,11 @@ class MemorizationMonitor:
 
     # ------------------------------------------------------------------ measuring
     @property
+    def labels_anything(self) -> bool:
+        """Whether checks label points (a held-out null or a reference LID*), so remedies can act on them."""
+        return self.rule == "heldout_null" or self.reference.kind is not None
+
+    @property
     def n_probes(self) -> int:
         return len(self.train_index) + len(self.heldout_index)
 
@@ -424,7 +429,8 @@ class MemorizationMonitor:
         P = len(self.train_index)
         view = self.view()
         return calibrated_labels(latest[:, :P], latest[:, P:], view[:P], view[P:],
-                                 duplicated=self.survey.groups.duplicated[self.train_index], **self.label_options)
+                                 duplicated=self.survey.groups.duplicated[self.train_index], sigmas=self.sigmas,
+                                 **self.label_options)
 
     def view(self) -> Tensor:
         """``[P + Q, F]`` the probes in the comparison view (train probes first), where "near" is measured."""

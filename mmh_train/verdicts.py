@@ -26,7 +26,7 @@ generalizing oracle and on held-out points split in two, and docs/science.md §7
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from torch import Tensor
@@ -110,7 +110,7 @@ def combine_noise_levels(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor, heldout_view: Tensor, *,
                       duplicated: Tensor | None = None, k: int = 5, scale_k: int = 100, fdr: float = 0.05,
-                      min_drop: float = 0.5) -> MemorizationLabels:
+                      min_drop: float = 0.5, sigmas: Sequence[float] | None = None) -> MemorizationLabels:
     """OD/DD verdicts of training probes against the model's own LID_θ on nearby held-out probes.
 
     Args:
@@ -125,6 +125,7 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
         scale_k: held-out neighbours whose null drops set each point's local centre and scale.
         fdr: Benjamini–Hochberg level in (0, 1) over the measured training probes.
         min_drop: the smallest relative drop below the local null that counts, in [0, 1).
+        sigmas: the S noise levels (for ``labels.sigma``); None leaves it unset.
 
     Returns:
         :class:`~mmh_train.MemorizationLabels` with ``rule="heldout_null"``: ``score`` (higher = more
@@ -177,6 +178,14 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     best_drop = torch.where(level >= 0, drop.gather(0, level.clamp(min=0)[None]).squeeze(0),
                             torch.full((p,), math.nan, dtype=torch.float64))
     memorized = rejected & (best_drop >= min_drop)
+    decided_null = torch.where(level >= 0, null_train.gather(0, level.clamp(min=0)[None]).squeeze(0),
+                               torch.full((p,), math.nan, dtype=torch.float64))
+    decided_sigma = None
+    if sigmas is not None:
+        if len(sigmas) != lid_train.shape[0]:
+            raise ValueError(f"sigmas has {len(sigmas)} levels but the LIDs were measured at {lid_train.shape[0]}.")
+        table = torch.tensor([float(s) for s in sigmas], dtype=torch.float64)
+        decided_sigma = torch.where(level >= 0, table[level.clamp(min=0)], torch.full((p,), math.nan, dtype=torch.float64))
     label = torch.full((p,), NONE, dtype=torch.long)
     label[memorized & ~duplicated] = OD
     label[memorized & duplicated] = DD
@@ -184,7 +193,7 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     od_gap = torch.where(measured, lid_ref - lid_model, torch.full_like(lid_ref, math.nan))
     return MemorizationLabels(label=label, od_gap=od_gap, lid_model=lid_model, lid_ref=lid_ref, measured=measured,
                               score=score, p_value=p_value, drop=best_drop, duplicated=duplicated,
-                              rule="heldout_null")
+                              sigma=decided_sigma, null=decided_null, rule="heldout_null")
 
 
 def _as_levels(lid: Any, name: str) -> Tensor:

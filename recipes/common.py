@@ -54,15 +54,20 @@ class TrainConfig:
     threads: Optional[int] = None    # CPU threads for torch; None: the recipe's choice unless OMP_NUM_THREADS is set
 
 
+#: monitor.reference choices: "auto" is the library's default (the held-out null when held-out data exist).
+REFERENCES = ("auto", "heldout_null", "data", "heldout", "truth", "none")
+
+
 @dataclass
 class MonitorConfig:
-    sigma: float = 0.17
+    sigma: Optional[float] = None    # None: fractions 0.8/0.5/0.3 of the training set's spacing (three levels)
     every_n_steps: int = 250
     n_train_probes: Optional[int] = None
     n_heldout_probes: Optional[int] = None
-    reference: str = "data"          # "data", "heldout", "truth" (toy data only) or "none"
+    reference: str = "auto"          # "auto" (held-out null), "data", "heldout", "truth" (toy only) or "none"
     reference_k: int = 20            # neighbours of the model-free LID* ("data") or held-out neighbours
-    od_margin: float = 1.0
+    fdr: float = 0.05                # held-out null: Benjamini–Hochberg level of the OD/DD verdicts
+    od_margin: float = 1.0           # model-free rules ("data", "heldout", "truth") only, with relative and dd_threshold
     relative: bool = False
     dd_threshold: float = 0.5
     n_probes: Optional[int] = None   # FLIPD Hutchinson probes (None: exact up to 64 dims, 1 above)
@@ -72,7 +77,8 @@ class MonitorConfig:
 class RemedyConfig:
     reweight: bool = False           # duplicate groups weigh one sample
     dd_factor: Optional[float] = None  # extra factor for groups the monitor labels DD
-    penalty: bool = False            # LID penalty once OD appears
+    penalty: bool = False            # LID penalty on the points labelled OD (per point), or on all once OD appears
+    penalty_per_point: bool = True   # act only on the points labelled OD, each with its own target
     penalty_weight: float = 0.1
     penalty_target: Optional[float] = None
     early_stopping: bool = False     # stop on the OD fraction
@@ -89,8 +95,10 @@ def validate(train: TrainConfig, monitor: MonitorConfig, remedies: RemedyConfig)
     if train.logger == "tensorboard" and not any(importlib.util.find_spec(m) for m in ("tensorboard", "tensorboardX")):
         raise ConfigError("train.logger='tensorboard' needs the tensorboard package: pip install tensorboard "
                           "(or use train.logger=csv).")
-    if monitor.reference not in ("data", "heldout", "truth", "none"):
-        raise ConfigError(f"monitor.reference={monitor.reference!r}; choose 'data', 'heldout', 'truth' or 'none'.")
+    if monitor.reference not in REFERENCES:
+        raise ConfigError(f"monitor.reference={monitor.reference!r}; choose one of {', '.join(map(repr, REFERENCES))}.")
+    if not 0.0 < monitor.fdr < 1.0:
+        raise ConfigError(f"monitor.fdr={monitor.fdr} must lie in (0, 1) (a false-discovery rate, e.g. 0.05).")
     check_ranges({"train.steps": (train.steps, 1), "train.batch_size": (train.batch_size, 1),
                   "train.n_samples": (train.n_samples, 1), "train.sample_steps": (train.sample_steps, 1),
                   "train.checkpoint_every": (train.checkpoint_every, 1), "train.max_timestep": (train.max_timestep, 1),
@@ -179,26 +187,34 @@ class Diffusion(MemorizationMixin, pl.LightningModule):
 # ---------------------------------------------------------------- callbacks and trainer
 def make_callbacks(monitor: MonitorConfig, remedies: RemedyConfig, train_x: Tensor, heldout_x: Tensor, run_dir: Path,
                    *, truth: Optional[Tensor] = None, use_remedies: bool = True) -> list[pl.Callback]:
-    reference: Any = {"data": "data", "heldout": "heldout", "none": None, "truth": truth}[monitor.reference]
     if monitor.reference == "truth" and truth is None:
-        raise ConfigError("monitor.reference='truth' needs data with known LID (the toy recipe); use 'data'.")
+        raise ConfigError("monitor.reference='truth' needs data with known LID (the toy recipe); use 'auto'.")
     options = {} if monitor.n_probes is None else {"n_probes": monitor.n_probes}
-    reference_options = {"k": monitor.reference_k} if monitor.reference in ("data", "heldout") else {}
     callbacks: list[pl.Callback] = [LIDMonitor(
-        train_x, heldout_x, sigma=monitor.sigma, every_n_steps=monitor.every_n_steps, reference=reference,
-        reference_options=reference_options,
-        n_train_probes=monitor.n_train_probes, n_heldout_probes=monitor.n_heldout_probes, estimator_options=options,
-        label_options={"od_margin": monitor.od_margin, "relative": monitor.relative, "dd_threshold": monitor.dd_threshold},
-        audit_path=run_dir / "mmh_audit.csv")]
+        train_x, heldout_x, **monitor_options(monitor, truth), n_train_probes=monitor.n_train_probes,
+        n_heldout_probes=monitor.n_heldout_probes, estimator_options=options, audit_path=run_dir / "mmh_audit.csv")]
     if use_remedies and remedies.reweight:
         callbacks.append(DuplicateReweighting(train_x, dd_factor=remedies.dd_factor))
     if use_remedies and remedies.penalty:
         callbacks.append(LIDPenaltyController(max_weight=remedies.penalty_weight, target=remedies.penalty_target,
-                                              sigma=monitor.sigma))
+                                              per_point=remedies.penalty_per_point))
     if use_remedies and remedies.early_stopping:
         callbacks.append(MemorizationEarlyStopping("mmh/od_fraction", patience=remedies.patience,
                                                    restore_best_weights=True))
     return callbacks
+
+
+def monitor_options(monitor: MonitorConfig, truth: Optional[Tensor] = None) -> dict[str, Any]:
+    """The monitor's σ, cadence, labelling rule and its options, from the recipe's config."""
+    reference: Any = {"none": None, "truth": truth}.get(monitor.reference, monitor.reference)
+    model_free = monitor.reference in ("data", "heldout", "truth")
+    return {
+        "sigma": "auto" if monitor.sigma is None else monitor.sigma, "every_n_steps": monitor.every_n_steps,
+        "reference": reference,
+        "reference_options": {"k": monitor.reference_k} if monitor.reference in ("data", "heldout") else {},
+        "label_options": ({"od_margin": monitor.od_margin, "relative": monitor.relative,
+                           "dd_threshold": monitor.dd_threshold} if model_free else {"fdr": monitor.fdr}),
+    }
 
 
 def exit_after(main: Any) -> None:

@@ -48,10 +48,8 @@ class DigitsConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=32, lr=2e-3, n_samples=256))
-    # A UNet trained for minutes on a CPU reads unfaithful absolute FLIPD values (often negative); its
-    # own LID on held-out neighbours is the reference whose offset cancels (science.md §3).
-    monitor: MonitorConfig = field(default_factory=lambda: MonitorConfig(every_n_steps=500, n_probes=4,
-                                                                         reference="heldout", reference_k=5))
+    # The library's defaults: σ from the spacing, verdicts against the model's own LID on held-out neighbours.
+    monitor: MonitorConfig = field(default_factory=lambda: MonitorConfig(every_n_steps=500, n_probes=4))
     remedies: RemedyConfig = field(default_factory=RemedyConfig)  # monitor only; turn remedies on by key
 
 
@@ -107,15 +105,15 @@ def main(argv: list[str] | None = None) -> int:
             distance = sliced_wasserstein(features(result.samples), features(heldout))
         result.quality["feature_distance"] = distance
         if num_classes:
-            result.metrics.update(conditional_lid(run.module, run.callbacks, train, cfg.monitor.sigma))
+            result.metrics.update(conditional_lid(run.module, run.callbacks, train))
         variants.append(result)
     return write_run_report(run_dir, cfg, recipe="digits", kind="images", train_x=train.images, heldout_x=heldout,
                             variants=variants, duplicated=duplicated)
 
 
-def conditional_lid(module: Diffusion, callbacks, train: DigitsData, sigma: float) -> dict[str, float]:
-    """Mean LID_θ(x) and LID_θ(x | c) on the monitor's training probes: conditioning lowers LID."""
-    probes = callbacks[0].monitor.train_index
+def conditional_lid(module: Diffusion, callbacks, train: DigitsData) -> dict[str, float]:
+    """Mean LID_θ(x) and LID_θ(x | c) on the monitor's training probes at its primary σ: conditioning lowers LID."""
+    probes, sigma = callbacks[0].monitor.train_index, callbacks[0].monitor.sigmas[0]
     x, c = train.images[probes], train.labels[probes]
     generator = torch.Generator().manual_seed(0)
     unconditional = mmh_train.flipd(module.denoiser(), x, sigma, n_probes=8, generator=generator)

@@ -24,7 +24,7 @@ from diffusers import DDPMScheduler
 from torch.utils.data import DataLoader
 
 import mmh_train
-from common import (MonitorConfig, RemedyConfig, TrainConfig, exit_after, result_from_monitor, start_run,
+from common import (MonitorConfig, RemedyConfig, TrainConfig, exit_after, monitor_options, result_from_monitor, start_run,
                     write_run_report)
 from digits import DataConfig, ModelConfig, split_digits
 from mmh_train.audit import audit_csv
@@ -41,10 +41,8 @@ class LoopConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=1500, batch_size=32, lr=2e-3, n_samples=256))
-    # A UNet trained for minutes on a CPU reads unfaithful absolute FLIPD values (often negative); its
-    # own LID on held-out neighbours is the reference whose offset cancels (science.md §3).
-    monitor: MonitorConfig = field(default_factory=lambda: MonitorConfig(every_n_steps=500, n_probes=4,
-                                                                         reference="heldout", reference_k=5))
+    # The library's defaults: σ from the spacing, verdicts against the model's own LID on held-out neighbours.
+    monitor: MonitorConfig = field(default_factory=lambda: MonitorConfig(every_n_steps=500, n_probes=4))
     remedies: RemedyConfig = field(default_factory=lambda: RemedyConfig(compare=False))  # monitor only by default
 
 
@@ -95,16 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------ mmh_train: monitor and remedies
     m, r = cfg.monitor, cfg.remedies
     monitor = mmh_train.MemorizationMonitor(
-        train.images, heldout, sigma=m.sigma, every_n_steps=m.every_n_steps, n_train_probes=m.n_train_probes,
-        n_heldout_probes=m.n_heldout_probes, reference=None if m.reference == "none" else m.reference,
-        reference_options={"k": m.reference_k}, estimator_options={} if m.n_probes is None else {"n_probes": m.n_probes},
-        label_options={"od_margin": m.od_margin, "relative": m.relative, "dd_threshold": m.dd_threshold})
+        train.images, heldout, **monitor_options(m), n_train_probes=m.n_train_probes,
+        n_heldout_probes=m.n_heldout_probes, estimator_options={} if m.n_probes is None else {"n_probes": m.n_probes})
     groups = find_duplicate_groups(train.images)
     guard = mmh_train.MemorizationGuard(
         monitor, weights=AdaptiveDuplicateWeights(groups, dd_factor=r.dd_factor) if r.reweight else None,
-        penalty=PenaltySchedule(max_weight=r.penalty_weight, target=r.penalty_target) if r.penalty else None,
+        penalty=PenaltySchedule(max_weight=r.penalty_weight, target=r.penalty_target,
+                                n_points=len(train.images) if r.penalty_per_point else None) if r.penalty else None,
         stopper=mmh_train.MemorizationStopper("od_fraction", patience=r.patience) if r.early_stopping else None,
-        penalty_sigma=m.sigma, seed=cfg.train.seed)
+        seed=cfg.train.seed)
     progress = Progress()
     accelerator.register_for_checkpointing(guard, progress)
     if cfg.train.resume:
@@ -125,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         t = torch.randint(0, cfg.train.max_timestep, (x0.shape[0],), device=x0.device)
         eps = unet(scheduler.add_noise(x0, noise, t), t).sample
         per_sample = (eps - noise).pow(2).flatten(1).mean(1)
-        loss = guard.weighted_loss(per_sample, index) + guard.penalty(denoiser(), x0, progress.step)
+        loss = guard.weighted_loss(per_sample, index) + guard.penalty(denoiser(), x0, progress.step, indices=index)
         accelerator.backward(loss)
         optimizer.step()
         optimizer.zero_grad()

@@ -59,12 +59,9 @@ class ImagesConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, batch_size=32, lr=1e-3, n_samples=256))
-    # A UNet trained briefly reads unfaithful absolute FLIPD values at 3072 dimensions (after 600 CPU steps on
-    # 32 images: about −800 on training images, +100 on held-out); its own LID on held-out neighbours is the
-    # reference whose offset cancels (science.md §3). reference=data (model-free LID* from reference_k training
-    # neighbours) suits a well-trained model on a set of more than reference_k images.
-    monitor: MonitorConfig = field(default_factory=lambda: MonitorConfig(every_n_steps=500, n_probes=2,
-                                                                         reference="heldout", reference_k=5))
+    # The library's defaults: σ from the spacing, verdicts against the model's own LID on held-out neighbours
+    # (a UNet trained briefly reads unfaithful absolute FLIPD values at 3072 dimensions; the null's offset cancels).
+    monitor: MonitorConfig = field(default_factory=lambda: MonitorConfig(every_n_steps=500, n_probes=2))
     remedies: RemedyConfig = field(default_factory=RemedyConfig)  # monitor only; turn remedies on by key
 
 

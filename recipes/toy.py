@@ -47,7 +47,7 @@ class ToyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=8000, batch_size=128))
-    monitor: MonitorConfig = field(default_factory=lambda: MonitorConfig(sigma=0.3, every_n_steps=1000, reference="truth"))
+    monitor: MonitorConfig = field(default_factory=lambda: MonitorConfig(every_n_steps=1000))
     remedies: RemedyConfig = field(default_factory=lambda: RemedyConfig(reweight=True, penalty=True,
                                                                         early_stopping=True))
 

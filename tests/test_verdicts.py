@@ -136,3 +136,23 @@ def test_mismatched_inputs_are_refused():
         calibrated_labels(torch.ones(5), torch.ones(1), torch.randn(5, 3), torch.randn(1, 3))
     with pytest.raises(ValueError, match="±Inf"):
         calibrated_labels(torch.full((5,), math.inf), torch.ones(6), torch.randn(5, 3), torch.randn(6, 3))
+
+
+def test_the_audit_table_carries_the_verdict_and_the_rule_that_made_it():
+    import csv
+    import io
+
+    from mmh_train.audit import audit_csv
+
+    gauss = GaussianSubspace(10, 4, [1.0] * 4, seed=3)
+    train, heldout = gauss.sample(40, seed=4), gauss.sample(80, seed=5)
+    train = torch.cat([train, train[:1]])  # point 0 duplicated, and memorized
+    monitor = MemorizationMonitor(train, heldout, every_n_steps=1, seed=0)
+    result = monitor.check(PartialMemorizer(gauss, train[:2]), step=1)
+    rows = list(csv.DictReader(io.StringIO(audit_csv(monitor, result))))
+    by_index = {int(r["index"]): r for r in rows if r["split"] == "train"}
+    assert by_index[0]["label"] == "dd" and by_index[40]["label"] == "dd" and by_index[1]["label"] == "od"
+    assert by_index[0]["rule"] == "heldout_null" and by_index[0]["duplicated"] == "true"
+    assert by_index[0]["duplicate_group"] == by_index[40]["duplicate_group"]
+    assert float(by_index[1]["score"]) > 5 and float(by_index[1]["p_value"]) < 1e-3
+    assert all(r["label"] == "" for r in rows if r["split"] == "heldout")

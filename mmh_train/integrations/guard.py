@@ -23,7 +23,7 @@ from ..data.indexed import check_indices
 from ..distributed import DistributedOps, default_ops
 from ..monitor import CheckResult, MemorizationMonitor
 from ..parameterizations import as_denoiser
-from ..remedies import AdaptiveDuplicateWeights, PenaltySchedule, lid_penalty, weighted_loss
+from ..remedies import AdaptiveDuplicateWeights, PenaltySchedule, penalty_on_rows, weighted_loss
 from .stopping import MemorizationStopper
 
 __all__ = ["MemorizationGuard"]
@@ -40,21 +40,23 @@ class MemorizationGuard:
         restore_best_weights: with a stopper, keep a CPU copy of the networks' weights at the best check
             (the first, on ties) and load it into them when the stopper stops training, like
             :class:`~mmh_train.callbacks.MemorizationEarlyStopping`. Costs one copy of the weights in memory.
-        penalty_sigma, penalty_probes, penalty_subset: FLIPD settings inside the penalty.
+        penalty_sigma, penalty_probes, penalty_subset: FLIPD settings inside the penalty; ``penalty_sigma=None``
+            (default) takes the monitor's primary σ, where the per-point targets were measured.
         seed: the penalty's probes come from a generator seeded with ``seed + rank``.
         distributed: collectives; default ``torch.distributed`` when initialized.
     """
 
     def __init__(self, monitor: MemorizationMonitor, *, weights: AdaptiveDuplicateWeights | None = None,
                  penalty: PenaltySchedule | None = None, stopper: MemorizationStopper | None = None,
-                 penalty_sigma: float = 0.1, penalty_probes: int = 1, penalty_subset: int | None = 16, seed: int = 0,
+                 penalty_sigma: float | None = None, penalty_probes: int = 1, penalty_subset: int | None = 16, seed: int = 0,
                  distributed: DistributedOps | None = None, restore_best_weights: bool = False) -> None:
         if not isinstance(monitor, MemorizationMonitor):
             raise TypeError(f"monitor must be a mmh_train.MemorizationMonitor; got {type(monitor).__name__}.")
         if restore_best_weights and stopper is None:
             raise ValueError("restore_best_weights=True needs a stopper: pass stopper=MemorizationStopper(...).")
         self.monitor, self.weights, self.schedule, self.stopper = monitor, weights, penalty, stopper
-        self.penalty_sigma, self.penalty_probes, self.penalty_subset = penalty_sigma, penalty_probes, penalty_subset
+        self.penalty_sigma = monitor.sigmas[0] if penalty_sigma is None else penalty_sigma
+        self.penalty_probes, self.penalty_subset = penalty_probes, penalty_subset
         self.seed, self.distributed = seed, distributed
         self.should_stop = False
         self.restore_best_weights = restore_best_weights
@@ -101,16 +103,24 @@ class MemorizationGuard:
         w = self.weights.weights.to(per_sample_loss.device)[indices.to(per_sample_loss.device)]
         return weighted_loss(per_sample_loss, w.to(per_sample_loss.dtype))
 
-    def penalty(self, denoiser: Any, x: Tensor, step: int) -> Tensor:
-        """weight(step) · LID penalty on a subset of ``x``; exactly 0 (and no extra work) while off."""
+    def penalty(self, denoiser: Any, x: Tensor, step: int, indices: Tensor | None = None) -> Tensor:
+        """weight(step) · LID penalty on the batch ``x`` (``[B, ...]``); exactly 0 (no extra work) while off.
+
+        A per-point schedule (``PenaltySchedule(n_points=N)``) acts only on the rows whose dataset index
+        (``indices [B]``) the monitor labelled OD, each with its own target at the σ that decided it; a
+        global one on every row at ``penalty_sigma``.
+        """
         weight = self.schedule.weight(step) if self.schedule is not None else 0.0
         if weight == 0.0:
             return torch.zeros((), device=x.device, dtype=x.dtype)
         if self._generator is None:
             self._generator = torch.Generator(device=x.device).manual_seed(self.seed + self._ops().rank)
-        subset = min(self.penalty_subset, x.shape[0]) if self.penalty_subset else None
-        return weight * lid_penalty(denoiser, x, self.penalty_sigma, self.schedule.target, n_probes=self.penalty_probes,
-                                    subset=subset, generator=self._generator)
+        if indices is not None:
+            indices = check_indices(indices, len(self.schedule.point_target) if self.schedule.per_point else None,
+                                    allow_repeats=True)
+        rows, target, sigma = self.schedule.targets_for(indices, x.shape[0])
+        return penalty_on_rows(denoiser, x, self.penalty_sigma if sigma is None else sigma, rows, target, weight,
+                               n_probes=self.penalty_probes, subset=self.penalty_subset, generator=self._generator)
 
     def state_dict(self) -> dict[str, Any]:
         """Everything to resume (for ``accelerator.register_for_checkpointing``)."""

@@ -24,7 +24,7 @@ from ..jacobian import EXACT_MAX_DIM
 from ..lid._prepare import prepare_denoiser_call
 from ..lid.flipd import flipd_from_denoiser_terms, trace_of_denoiser
 
-__all__ = ["lid_penalty", "REDUCTIONS"]
+__all__ = ["lid_penalty", "penalty_on_rows", "REDUCTIONS"]
 
 #: How :func:`lid_penalty` reduces the per-sample hinge.
 REDUCTIONS = ("mean", "sum", "none")
@@ -145,3 +145,35 @@ def lid_penalty(
     if reduction == "sum":
         return hinge.sum()
     return hinge
+
+
+def penalty_on_rows(denoiser: Any, x: Tensor, sigma: float | Tensor, rows: Tensor, target: float | Tensor, weight: float, *,
+                    n_probes: int | None = 1, subset: int | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
+    """``weight · Σ_{r ∈ rows} relu(target_r − FLIPD(x_r; σ)) / B``: the penalty on some rows of a batch.
+
+    Scaled per batch row like a mean loss, so a penalty on 3 flagged points of 128 weighs 3/128 of one on
+    all of them. With ``subset`` smaller than ``len(rows)``, a random ``subset`` of the rows (from
+    ``generator``) is evaluated and the sum is scaled up by ``len(rows) / subset`` (unbiased).
+
+    Args:
+        x: ``[B, ...]`` the batch; rows: ``[b]`` long indices into it; target, sigma: floats or ``[b]``.
+        Other arguments as for :func:`lid_penalty`.
+
+    Returns:
+        A scalar with the graph to the network's parameters; exactly 0 (no network call) when ``rows`` is
+        empty or ``weight`` is 0.
+    """
+    batch_size, n_rows = x.shape[0], int(rows.numel())
+    if n_rows == 0 or weight == 0.0:
+        return torch.zeros((), device=x.device, dtype=x.dtype)
+    target = target if not isinstance(target, Tensor) else target.reshape(-1)
+    if subset is not None and subset < n_rows:
+        pick = torch.randperm(n_rows, generator=generator, device=generator.device if generator else "cpu")[:subset]
+        pick = torch.sort(pick.cpu()).values
+        rows = rows[pick]
+        target = target[pick] if isinstance(target, Tensor) else target
+        sigma = sigma.reshape(-1)[pick] if isinstance(sigma, Tensor) else sigma
+    hinge = lid_penalty(denoiser, x[rows.to(x.device)], sigma, target, n_probes=n_probes, generator=generator,
+                        reduction="mean")
+    return weight * hinge * (n_rows / batch_size)

@@ -10,43 +10,101 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..memorization import DD
+from ..memorization import DD, OD
 from .duplicate_groups import DuplicateGroups, downweight, duplicate_weights
 
 __all__ = ["PenaltySchedule", "AdaptiveDuplicateWeights"]
 
 
 class PenaltySchedule:
-    """Weight of the LID penalty: 0 until the OD fraction exceeds ``od_threshold``, then a linear ramp.
+    """Where and how strongly the LID penalty acts.
+
+    Two modes:
+
+    - **per point** (``n_points`` given): each training point the monitor labels OD gets the penalty from
+      that check on (sticky), with its own target and noise level: under the default rule the local
+      held-out null at the σ that decided the verdict (where the model collapsed), otherwise the LID* it
+      was compared with (at the penalty's σ). Points never flagged cost nothing and feel nothing.
+    - **global** (``n_points=None``): one switch for every point, on once the OD fraction exceeds
+      ``od_threshold``, with one target (``target``, or the median LID* of the non-DD probes then).
+
+    In both the weight ramps linearly from 0 to ``max_weight`` over ``ramp_steps`` after switching on.
 
     Args:
         max_weight: weight once fully on (≥ 0).
-        od_threshold: OD fraction that switches the penalty on.
+        od_threshold: OD fraction that switches the global penalty on.
         ramp_steps: steps from 0 to ``max_weight`` (0: at once).
-        always_on: on from step 0.
-        target: LID below which FLIPD is penalized; ``None`` takes the median LID* of the non-DD training
-            probes at the check that switches the penalty on.
+        always_on: on from step 0 (global mode, or per point for points flagged later).
+        target: global mode: LID below which FLIPD is penalized (None: taken when it switches on). Per point:
+            a floor for the per-point targets (None: none).
+        n_points: the training set's size, for the per-point mode.
     """
 
     def __init__(self, *, max_weight: float = 0.1, od_threshold: float = 0.05, ramp_steps: int = 0,
-                 always_on: bool = False, target: float | None = None) -> None:
+                 always_on: bool = False, target: float | None = None, n_points: int | None = None) -> None:
         if not max_weight >= 0:
             raise ValueError(f"max_weight must be ≥ 0; got {max_weight}.")
         if not isinstance(ramp_steps, int) or ramp_steps < 0:
             raise ValueError(f"ramp_steps must be an integer ≥ 0; got {ramp_steps!r}.")
+        if n_points is not None and (isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1):
+            raise ValueError(f"n_points must be the training set's size (an integer ≥ 1) or None; got {n_points!r}.")
         self.max_weight, self.od_threshold, self.ramp_steps = float(max_weight), od_threshold, ramp_steps
         self.target = target
         self.activated_at: int | None = 0 if always_on else None
+        self.per_point = n_points is not None
+        # per point: NaN = not flagged; else the point's target (sticky, the first flagging check's value)
+        self.point_target = torch.full((n_points or 0,), float("nan"), dtype=torch.float64)
+        self.point_sigma = torch.full((n_points or 0,), float("nan"), dtype=torch.float64)  # NaN: the penalty's σ
 
     def update(self, result: Any | None) -> None:
-        """Switches on at a check whose OD fraction exceeds the threshold (sticky)."""
-        if self.activated_at is not None or result is None or result.labels is None:
+        """Global: switches on at a check whose OD fraction exceeds the threshold (sticky). Per point: adds
+        the newly OD-labelled probes with their targets."""
+        if result is None or result.labels is None:
+            return
+        if self.per_point:
+            labels = result.labels
+            goal = labels.null if labels.null is not None else labels.lid_ref
+            od = (labels.label == OD).cpu() & torch.isfinite(goal.cpu())
+            index = result.train_index[od]
+            if index.numel() and int(index.max()) >= len(self.point_target):
+                raise ValueError(f"the monitor flagged training index {int(index.max())} but the penalty was built "
+                                 f"for n_points={len(self.point_target)}; pass the training set's size.")
+            new = torch.isnan(self.point_target[index])
+            target = goal.cpu()[od].double()
+            if self.target is not None:
+                target = target.clamp(min=float(self.target))
+            self.point_target[index[new]] = target[new]
+            if labels.sigma is not None:
+                self.point_sigma[index[new]] = labels.sigma.cpu()[od].double()[new]
+            if bool(new.any()) and self.activated_at is None:
+                self.activated_at = result.step
+            return
+        if self.activated_at is not None:
             return
         if result.metrics.get("od_fraction", 0.0) > self.od_threshold:
             self.activated_at = result.step
             if self.target is None:
                 keep = result.labels.label != DD
                 self.target = float(result.labels.lid_ref[keep].nanmedian())
+
+    def targets_for(self, indices: Tensor | None, batch_size: int) -> tuple[Tensor, Tensor | float, Tensor | None]:
+        """Which rows of a batch the penalty acts on, their targets and noise levels.
+
+        Returns ``(rows [b] long, target, sigma)``: every row, the global target and None (the penalty's σ);
+        or (per point) the rows whose dataset index (``indices [B]``) was flagged, ``[b]`` float64 targets
+        and ``[b]`` float64 noise levels (None where the verdicts carried none).
+        """
+        if not self.per_point:
+            if self.target is None:
+                raise RuntimeError("the penalty target is unknown: pass target=... or monitor with a reference.")
+            return torch.arange(batch_size), float(self.target), None
+        if indices is None:
+            raise ValueError("the per-point LID penalty needs the batch's dataset indices: pass them (wrap the "
+                             "dataset in mmh_train.data.IndexedDataset), or build PenaltySchedule without n_points.")
+        target = self.point_target[indices.cpu().long()]
+        rows = torch.nonzero(torch.isfinite(target)).flatten()
+        sigma = self.point_sigma[indices.cpu().long()][rows]
+        return rows, target[rows], (sigma if bool(torch.isfinite(sigma).all()) and sigma.numel() else None)
 
     def weight(self, step: int) -> float:
         """The penalty's weight at ``step``."""
@@ -57,10 +115,14 @@ class PenaltySchedule:
         return self.max_weight * min(1.0, max(0, step - self.activated_at) / self.ramp_steps)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"activated_at": self.activated_at, "target": self.target}
+        return {"activated_at": self.activated_at, "target": self.target, "point_target": self.point_target.clone(),
+                "point_sigma": self.point_sigma.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.activated_at, self.target = state["activated_at"], state["target"]
+        if "point_target" in state:
+            self.point_target = state["point_target"].clone()
+            self.point_sigma = state["point_sigma"].clone()
 
 
 class AdaptiveDuplicateWeights:

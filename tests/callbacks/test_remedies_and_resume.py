@@ -88,9 +88,9 @@ def test_penalty_always_on_changes_training_and_off_does_not(tmp_path):
     plain = Remedied()
     trainer(tmp_path / "a", 5).fit(plain, epoch_loader(sample))
     off = Remedied()
-    trainer(tmp_path / "b", 5, [LIDPenaltyController(target=2.0, od_threshold=1.0)]).fit(off, epoch_loader(sample))
+    trainer(tmp_path / "b", 5, [LIDPenaltyController(target=2.0, od_threshold=1.0, sigma=0.1)]).fit(off, epoch_loader(sample))
     on = Remedied()
-    controller = LIDPenaltyController(target=4.0, always_on=True, max_weight=1.0, subset=4)
+    controller = LIDPenaltyController(target=4.0, always_on=True, max_weight=1.0, subset=4, sigma=0.1)
     trainer(tmp_path / "c", 5, [controller]).fit(on, epoch_loader(sample))
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), off.state_dict().values()))
     assert not all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), on.state_dict().values()))
@@ -117,7 +117,7 @@ def make_callbacks(sample, tmp_path):
 def test_early_stopping_on_a_metric_the_monitor_cannot_produce(tmp_path):
     sample = toy_data(32)
     for metric, options, match in (("mmh/lid_gap", {}, "no held-out data"),
-                                   ("mmh/od_fraction", {"reference": None}, "no reference LID")):
+                                   ("mmh/od_fraction", {"reference": None}, "labels nothing")):
         callbacks = [LIDMonitor(sample.x, sigma=0.1, audit_path=False, **options), MemorizationEarlyStopping(metric)]
         with pytest.raises(ValueError, match=match):
             trainer(tmp_path, 1, callbacks).fit(ToyDiffusion(), loader(sample))
