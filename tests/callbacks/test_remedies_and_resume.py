@@ -145,3 +145,25 @@ def test_resume_from_a_mid_run_checkpoint_repeats_the_uninterrupted_run(tmp_path
     torch.testing.assert_close(second[0].monitor.history_tensor(), full[0].monitor.history_tensor(), equal_nan=True)
     assert (tmp_path / "full" / "audit.csv").read_text() == (tmp_path / "resumed" / "audit.csv").read_text()
     torch.testing.assert_close(second[1].weights, full[1].weights)
+
+
+def test_the_per_point_controller_penalises_only_points_labelled_od(tmp_path):
+    """Known LID* = 2 and a model that memorizes 4 points: the points labelled OD, and only those, get a target
+    (their LID*) at the penalty's σ, and the weight goes on; the state survives a checkpoint round trip."""
+    sample = toy_data(4)
+    monitor = LIDMonitor(sample.x, n_train_probes=4, sigma=0.1, every_n_steps=500, reference=sample.lid.float(),
+                         audit_path=False)
+    controller = LIDPenaltyController(max_weight=0.05, per_point=True)
+    trainer(tmp_path, 2000, [monitor, controller]).fit(Remedied(), loader(sample))
+    flagged_ever = set()
+    for step in monitor.monitor.steps:
+        result = monitor.monitor.result(at_step=step)
+        flagged_ever |= set(result.train_index[result.labels.label == 1].tolist())
+    targeted = set(torch.nonzero(torch.isfinite(controller.schedule.point_target)).flatten().tolist())
+    assert flagged_ever and flagged_ever == targeted  # sticky: a point flagged at any check keeps its target
+    assert controller.schedule.point_target[sorted(targeted)].tolist() == [2.0] * len(targeted)
+    assert controller.sigma == 0.1 and controller.weight == pytest.approx(0.05)
+    clone = LIDPenaltyController(max_weight=0.05, per_point=True)
+    clone.schedule = controller.schedule.__class__(n_points=len(sample.x))
+    clone.load_state_dict(controller.state_dict())
+    assert torch.equal(torch.isfinite(clone.schedule.point_target), torch.isfinite(controller.schedule.point_target))
