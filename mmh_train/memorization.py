@@ -49,8 +49,10 @@ class MemorizationLabels:
         rule: which rule made the labels: ``"reference"`` (LID_θ against LID* with absolute or relative
             margins, :func:`classify_memorization`) or ``"heldout_null"`` (calibrated against the model's
             own LID_θ on nearby held-out points, :func:`mmh_train.verdicts.calibrated_labels`).
-        score: ``[N]`` float64 memorization score, higher = more memorized (the held-out null's combined z);
-            None under the reference rule, where ``od_gap`` ranks.
+        score: ``[N]`` float64 memorization score for ranking, higher = more memorized: the mean relative drop
+            of LID_θ below the local held-out null over the noise levels (1 = collapsed to 0); None under the
+            reference rule, where ``od_gap`` ranks.
+        z: ``[N]`` float64, the largest standardised drop over the levels (what ``p_value`` comes from).
         p_value: ``[N]`` float64 p-value of "not memorized" (before Benjamini–Hochberg), or None.
         drop: ``[N]`` relative drop of LID_θ below the local null at the deciding σ, or None.
         duplicated: ``[N]`` bool, whether the data duplicate the point (what separates DD from OD), or None.
@@ -66,6 +68,7 @@ class MemorizationLabels:
     lid_ref: Tensor
     measured: Tensor
     score: Tensor | None = None
+    z: Tensor | None = None
     p_value: Tensor | None = None
     drop: Tensor | None = None
     duplicated: Tensor | None = None
