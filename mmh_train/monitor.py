@@ -13,7 +13,6 @@ global RNGs preserved.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 import warnings
@@ -23,14 +22,16 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from ._checks import check_positive_int
 from .distributed import DistributedOps, default_ops
 from .lid.flipd import flipd
 from .lid.normal_bundle import normal_bundle_lid
 from .memorization import MemorizationLabels, classify_memorization, collapse_score
 from .parameterizations import as_denoiser
 from .probes import InputFn, choose_probe_indices, dataset_size, gather_points, interleave
+from .history import latest_measured
 from .reference_choice import ReferenceLID
+from .monitor_checks import (check_estimator, check_heldout_shape, check_numbers, check_options, check_sigma_argument,
+                             resolve_rule)
 from .survey import DataSurvey, sigma_grid, survey_training_data
 from .verdicts import calibrated_labels
 from .views import comparison_view
@@ -87,45 +88,6 @@ def _nanmean(x: Tensor) -> float:
     return float(x.nanmean()) if bool(torch.isfinite(x).any()) else math.nan
 
 
-def _latest(history: Tensor) -> Tensor:
-    """The last non-NaN value along the first axis of ``[C, N]`` (NaN where there is none)."""
-    measured = ~torch.isnan(history)
-    last = torch.where(measured, torch.arange(history.shape[0])[:, None], -1).max(0).values
-    out = torch.full(history.shape[1:], math.nan, dtype=history.dtype)
-    has = last >= 0
-    out[has] = history[last[has], torch.nonzero(has).flatten()]
-    return out
-
-
-#: label_options of the held-out rule (:func:`~mmh_train.verdicts.calibrated_labels`).
-HELDOUT_NULL_OPTIONS = ("k", "scale_k", "fdr", "min_drop")
-
-
-def _check_options(estimator: str | Estimator, estimator_options: dict[str, Any] | None,
-                   label_options: dict[str, Any] | None, rule: str) -> None:
-    """Refuses option names the estimator or the labelling does not take, before the first check."""
-    if rule == "heldout_null":
-        labelling = set(HELDOUT_NULL_OPTIONS)
-    else:
-        labelling = set(inspect.signature(classify_memorization).parameters) - {"lid_model", "lid_ref", "detect_dd"}
-    unknown = sorted(set(label_options or {}) - labelling)
-    if unknown:
-        raise ValueError(f"label_options has unknown key(s) {unknown} for the {rule!r} rule; valid keys: "
-                         f"{sorted(labelling)}.")
-    function = ESTIMATORS.get(estimator) if isinstance(estimator, str) else estimator
-    try:
-        parameters = inspect.signature(function).parameters
-    except (TypeError, ValueError):  # a callable without an introspectable signature: its own call will tell
-        return
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
-        return
-    accepted = set(parameters) - {"denoiser", "x", "sigma", "generator"}
-    unknown = sorted(set(estimator_options or {}) - accepted)
-    if unknown:
-        name = estimator if isinstance(estimator, str) else getattr(estimator, "__name__", "the estimator")
-        raise ValueError(f"estimator_options has unknown key(s) {unknown} for {name}; valid keys: {sorted(accepted)}.")
-
-
 class MemorizationMonitor:
     """Measures LID_θ on fixed train/held-out probe sets during training and labels memorization.
 
@@ -178,56 +140,24 @@ class MemorizationMonitor:
                  distributed: DistributedOps | None = None) -> None:
         n_train = dataset_size(train_data)
         n_held = dataset_size(heldout_data) if heldout_data is not None else 0
-        if isinstance(sigma, str) and sigma != "auto":
-            raise ValueError(f"sigma={sigma!r} is not known; pass 'auto' (fractions of the training set's spacing) "
-                             f"or one or more noise levels > 0.")
-        sigmas = [] if sigma == "auto" else [float(s) for s in (sigma if isinstance(sigma, (list, tuple)) else [sigma])]
-        if sigma != "auto" and (not sigmas or any(not (math.isfinite(s) and s > 0) for s in sigmas)):
-            raise ValueError(f"sigma must be 'auto' or one or more finite noise levels > 0; got {sigma!r}.")
-        for name, value in (("every_n_steps", every_n_steps), ("every_n_epochs", every_n_epochs),
-                            ("n_train_probes", n_train_probes), ("n_heldout_probes", n_heldout_probes),
-                            ("max_probes_per_check", max_probes_per_check)):
-            check_positive_int(value, name, allow_none=True)
-        check_positive_int(batch_size, "batch_size")
-        check_positive_int(early_checks, "early_checks")
-        if max_seconds_per_check is not None and not (max_seconds_per_check > 0 and math.isfinite(max_seconds_per_check)):
-            raise ValueError(f"max_seconds_per_check must be a finite number of seconds > 0; got {max_seconds_per_check!r}.")
-        if max_fraction_of_training is not None and not 0 < max_fraction_of_training <= 1:
-            raise ValueError(f"max_fraction_of_training must lie in (0, 1] (0.03 means 3% of training time); got "
-                             f"{max_fraction_of_training!r}.")
-        if isinstance(estimator, str) and estimator not in ESTIMATORS:
-            raise ValueError(f"estimator={estimator!r} is not known; choose one of {sorted(ESTIMATORS)} or pass a callable.")
-        if not isinstance(estimator, str) and not callable(estimator):
-            raise TypeError(f"estimator must be a name or a callable; got {type(estimator).__name__}.")
-        if isinstance(reference, str) and reference in ("heldout", "heldout_null") and heldout_data is None:
-            raise ValueError(f"reference={reference!r} needs heldout_data; pass held-out points or use reference='data'.")
-        if isinstance(reference, str) and reference == "auto":
-            reference = "heldout_null" if heldout_data is not None and n_held >= 2 else "data"
-        self.rule = "heldout_null" if isinstance(reference, str) and reference == "heldout_null" else "reference"
-        survey_options = dict(reference_options or {}) if self.rule == "heldout_null" else {}
-        if set(survey_options) - {"near_ratio"}:
-            raise TypeError(f"reference_options {sorted(set(survey_options) - {'near_ratio'})} do not apply to "
-                            f"reference='heldout_null'; it takes 'near_ratio'.")
+        sigmas = check_sigma_argument(sigma)
+        check_numbers(every_n_steps=every_n_steps, every_n_epochs=every_n_epochs, n_train_probes=n_train_probes,
+                      n_heldout_probes=n_heldout_probes, max_probes_per_check=max_probes_per_check,
+                      batch_size=batch_size, early_checks=early_checks, max_seconds_per_check=max_seconds_per_check,
+                      max_fraction_of_training=max_fraction_of_training)
+        check_estimator(estimator, ESTIMATORS)
+        self.rule, reference, survey_options = resolve_rule(reference, heldout_data, n_held, n_train, reference_options)
         self.reference = ReferenceLID(None if self.rule == "heldout_null" else reference,
                                       {} if self.rule == "heldout_null" else (reference_options or {}))
-        k = (reference_options or {}).get("k", 20)
-        if isinstance(reference, str) and reference == "data" and k >= n_train:
-            raise ValueError(f"reference='data' estimates LID* from k={k} neighbours but the training set has "
-                             f"{n_train} points; pass reference_options={{'k': {max(2, n_train // 3)}}} or more data.")
         generator = torch.Generator().manual_seed(seed)
         self.train_index = choose_probe_indices(n_train, n_train_probes or min(n_train, 128), generator,
                                                 name="n_train_probes")
         self.heldout_index = (choose_probe_indices(n_held, n_heldout_probes or min(n_held, 64), generator,
                                                    name="n_heldout_probes")
                               if heldout_data is not None else torch.zeros(0, dtype=torch.long))
-        _check_options(estimator, estimator_options, label_options, self.rule)
-        if heldout_data is not None and n_held and n_train:
-            first_train = gather_points(train_data, torch.zeros(1, dtype=torch.long), input_fn)
-            first_held = gather_points(heldout_data, torch.zeros(1, dtype=torch.long), input_fn)
-            if first_train.shape[1:] != first_held.shape[1:]:
-                raise ValueError(f"held-out points have shape {tuple(first_held.shape[1:])} but training points "
-                                 f"have {tuple(first_train.shape[1:])}; pass held-out data in the training data's "
-                                 f"space (same resolution, channels and preprocessing).")
+        check_options(ESTIMATORS.get(estimator) if isinstance(estimator, str) else estimator, estimator,
+                      estimator_options, label_options, self.rule)
+        check_heldout_shape(train_data, heldout_data, input_fn)
         self.train_data, self.heldout_data, self.input_fn = train_data, heldout_data, input_fn
         self.survey: DataSurvey | None = None
         if self.rule == "heldout_null" or not sigmas:  # one pass over the data, before any training
@@ -387,7 +317,7 @@ class MemorizationMonitor:
             upto = len(self.steps) - self.steps[::-1].index(at_step)
         P = len(self.train_index)
         primary = self.history_tensor()[:upto, 0, :]
-        latest = _latest(primary)
+        latest = latest_measured(primary)
         bad = self.nonfinite[upto - 1] if len(self.nonfinite) >= upto else torch.zeros(self.n_probes, dtype=torch.bool)
         latest[bad] = math.nan  # a probe that just went non-finite keeps no earlier value
         lid_train, lid_heldout = latest[:P], latest[P:]
@@ -424,7 +354,7 @@ class MemorizationMonitor:
     def _calibrated(self, upto: int, bad: Tensor) -> MemorizationLabels:
         """Held-out-null verdicts from the latest value of every probe at every σ, as of check ``upto``."""
         history = self.history_tensor()[:upto]  # [C, S, P + Q]
-        latest = torch.stack([_latest(history[:, s, :]) for s in range(history.shape[1])])
+        latest = torch.stack([latest_measured(history[:, s, :]) for s in range(history.shape[1])])
         latest[:, bad] = math.nan
         P = len(self.train_index)
         view = self.view()
