@@ -11,13 +11,15 @@ from lightning.pytorch.callbacks import EarlyStopping
 from torch import Tensor
 from typing_extensions import override
 
+from mmh_train.integrations.stopping import METRIC_MODES, default_tolerance
+
 from .lid_monitor import LIDMonitor
 
 __all__ = ["MemorizationEarlyStopping", "MONITORABLE"]
 
-#: Metrics the monitor produces, with the direction in which memorization grows.
-MONITORABLE = {"mmh/od_fraction": "min", "mmh/lid_gap": "min", "mmh/collapse": "min", "mmh/dd_fraction": "min",
-               "mmh/lid_train": "max"}
+#: Metrics the monitor logs (``mmh/`` + :data:`mmh_train.integrations.stopping.METRIC_MODES`), with the
+#: direction in which memorization grows.
+MONITORABLE = {f"mmh/{name}": mode for name, mode in METRIC_MODES.items()}
 
 
 class MemorizationEarlyStopping(EarlyStopping):
@@ -30,7 +32,8 @@ class MemorizationEarlyStopping(EarlyStopping):
     Args:
         monitor: one of :data:`MONITORABLE`; default ``"mmh/od_fraction"``.
         tolerance: values on the good side of it never count toward ``patience`` (an OD fraction that
-            stays at 0 cannot "improve", and must not stop training). Default 0.0 for fractions/gaps.
+            stays at 0 cannot "improve", and must not stop training). ``"auto"``: 0, except None for
+            ``mmh/lid_train`` (a LID is never below 0, so 0 would never let it stop).
         restore_best_weights: load the weights of the best check when training stops.
 
     .. note::
@@ -39,7 +42,7 @@ class MemorizationEarlyStopping(EarlyStopping):
     """
 
     def __init__(self, monitor: str = "mmh/od_fraction", *, mode: Optional[str] = None, patience: int = 3,
-                 min_delta: float = 0.0, tolerance: Optional[float] = 0.0, check_finite: bool = True,
+                 min_delta: float = 0.0, tolerance: Optional[float] | str = "auto", check_finite: bool = True,
                  verbose: bool = False, stopping_threshold: Optional[float] = None,
                  divergence_threshold: Optional[float] = None, restore_best_weights: bool = False) -> None:
         if monitor not in MONITORABLE:
@@ -53,7 +56,9 @@ class MemorizationEarlyStopping(EarlyStopping):
         super().__init__(monitor=monitor, min_delta=min_delta, patience=patience, verbose=verbose, mode=mode,
                          strict=False, check_finite=check_finite, stopping_threshold=stopping_threshold,
                          divergence_threshold=divergence_threshold)
-        self.tolerance = tolerance
+        if isinstance(tolerance, str) and tolerance != "auto":
+            raise ValueError(f"tolerance={tolerance!r}; pass a number, None or 'auto'.")
+        self.tolerance = default_tolerance(monitor) if tolerance == "auto" else tolerance
         self.restore_best_weights = restore_best_weights
         self.best_weights: Optional[dict[str, Tensor]] = None
         self.best_step: Optional[int] = None  # training step of the best check so far (the first, on ties)

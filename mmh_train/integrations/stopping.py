@@ -5,17 +5,27 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["MemorizationStopper", "METRIC_MODES"]
+__all__ = ["MemorizationStopper", "METRIC_MODES", "DEFAULT_TOLERANCE", "default_tolerance"]
 
 #: Metrics the monitor produces, with the direction in which memorization grows.
 METRIC_MODES = {"od_fraction": "min", "lid_gap": "min", "collapse": "min", "dd_fraction": "min", "lid_train": "max"}
+#: The value at which a metric means "no memorization": checks on its good side never count toward patience.
+#: 0 for the label fractions, the train/held-out gap and the collapse; none for LID_θ itself (never below 0,
+#: so a tolerance of 0 would hold every check as healthy and the stopper could never stop).
+DEFAULT_TOLERANCE = {"od_fraction": 0.0, "dd_fraction": 0.0, "lid_gap": 0.0, "collapse": 0.0}
+
+
+def default_tolerance(metric: str) -> float | None:
+    """The default ``tolerance`` of a metric (with or without the ``mmh/`` prefix): 0, or None for lid_train."""
+    return DEFAULT_TOLERANCE.get(metric.removeprefix("mmh/"))
 
 
 class MemorizationStopper:
     """Patience on one memorization metric, decided identically on every rank.
 
     A check whose metric is within ``tolerance`` (on the good side) never counts toward patience: an OD
-    fraction that stays at 0 cannot "improve" and must not stop training. Otherwise it behaves like
+    fraction that stays at 0 cannot "improve" and must not stop training. The default (``"auto"``) is
+    :data:`DEFAULT_TOLERANCE`: 0, except None for ``lid_train``. Otherwise it behaves like
     Lightning's ``EarlyStopping``: ``patience`` checks without an improvement of at least ``min_delta``
     stop training; a non-finite value stops at once when ``check_finite``; ``stopping_threshold`` and
     ``divergence_threshold`` stop at once.
@@ -27,7 +37,7 @@ class MemorizationStopper:
     """
 
     def __init__(self, monitor: str = "od_fraction", *, mode: str | None = None, patience: int = 3,
-                 min_delta: float = 0.0, tolerance: float | None = 0.0, check_finite: bool = True,
+                 min_delta: float = 0.0, tolerance: float | None | str = "auto", check_finite: bool = True,
                  stopping_threshold: float | None = None, divergence_threshold: float | None = None) -> None:
         key = monitor.removeprefix("mmh/")
         if key not in METRIC_MODES:
@@ -38,7 +48,10 @@ class MemorizationStopper:
         if not isinstance(patience, int) or patience < 0:
             raise ValueError(f"patience must be an integer ≥ 0 (checks without improvement); got {patience!r}.")
         self.monitor, self.mode, self.patience, self.min_delta = key, mode, patience, abs(min_delta)
-        self.tolerance, self.check_finite = tolerance, check_finite
+        if isinstance(tolerance, str) and tolerance != "auto":
+            raise ValueError(f"tolerance={tolerance!r}; pass a number, None or 'auto'.")
+        self.tolerance = default_tolerance(key) if tolerance == "auto" else tolerance
+        self.check_finite = check_finite
         self.stopping_threshold, self.divergence_threshold = stopping_threshold, divergence_threshold
         self.best = math.inf if mode == "min" else -math.inf
         self.wait_count = 0

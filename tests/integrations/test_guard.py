@@ -136,3 +136,14 @@ def test_guard_restore_best_weights_needs_a_stopper_and_a_module():
                               stopper=MemorizationStopper(), restore_best_weights=True)
     with pytest.raises(TypeError, match="needs a denoiser around an nn.Module"):
         guard.maybe_check(lambda x, sigma: x, 1)
+
+
+def test_stopper_on_lid_train_can_stop_by_default():
+    """LID_θ is never below 0, so a tolerance of 0 would hold every check as healthy: lid_train gets none."""
+    stopper = MemorizationStopper("lid_train", patience=2)
+    assert stopper.tolerance is None and MemorizationStopper("od_fraction").tolerance == 0.0
+    assert not stopper.update({"lid_train": 5.0}, 1)
+    assert not stopper.update({"lid_train": 4.0}, 2)
+    assert stopper.update({"lid_train": 3.0}, 3) and stopper.best_step == 1
+    with pytest.raises(ValueError, match="tolerance='sometimes'"):
+        MemorizationStopper("lid_gap", tolerance="sometimes")
