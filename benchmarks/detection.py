@@ -26,12 +26,14 @@ Benjamini–Hochberg at 5 %, and at least twice the control's size-scaled count)
 model produced: fresh draws of the mixture (toy) or the digits not trained on, drawn with the same mix of
 classes as the samples in the conditional scenario. A generalizing model triggers it on ≤ 1 % of points
 whatever the piece's dimension, unlike the earlier truth "some sample's NN ratio < 1/3", which fired by
-chance on ~11 % of the samples near 2-d pieces. The model draws ``per_point`` (20) samples per training
-point (at least ``n_generate``); where the control is too small for that to show anything (digits,
+chance on ~11 % of the samples near 2-d pieces. The model draws ``per_point`` (200) samples per training
+point (at least ``n_generate``; with a finite control, digits, as many as the control holds, where the
+exact test has the most power); where the control is too small for that to show anything (digits,
 large N) the run says so. Scores, higher = more memorized:
 
-  mmh_train (from the monitor's last check, σ fixed per data set):
-    ``od_gap``        LID* − LID_θ with the monitor's model-free data reference (the OD score it labels with);
+  mmh_train (from the monitor's last check; the monitor's defaults: σ from the spacing, held-out null):
+    ``calibrated``    the verdicts' ranking score: mean relative drop of LID_θ below the held-out null;
+    ``od_gap``        LID* − LID_θ with the model-free data reference (LPCA, k neighbours; the old rule's score);
     ``od_gap_rel``    (LID* − LID_θ) / max(LID*, 1), the relative gap;
     ``heldout_gap``   mean LID_θ of the 5 nearest held-out probes − LID_θ (the "heldout" reference);
     ``neg_lid``       −LID_θ;
@@ -47,13 +49,14 @@ large N) the run says so. Scores, higher = more memorized:
     ``from_few_run``  (pooled only) 1 for points of the small run: run identity alone;
     ``is_duplicated`` (duplicated only) whether the point is one of the repeated ones.
 
-The headline mmh_train score is ``heldout_gap``, fixed before any run was scored: it compares LID_θ(x) with
-what the same model reads on nearby unseen points, so it flags OD and DD memorization alike (the neighbours
-of a duplicated point are not duplicates; ``od_gap`` with the data reference is ~0 there by design, since
-it separates DD from OD) and needs no true LID. Every score is reported.
+The headline mmh_train score is ``calibrated``, the monitor's default verdicts' score (until 2026-12-02 it
+was ``heldout_gap``, the same idea without σ levels or standardisation): it compares LID_θ(x) with what the
+same model reads on nearby unseen points, so it flags OD and DD memorization alike and needs no true LID.
+Every score is reported.
 
-Metrics: AUROC and TPR at 1 % FPR per data set × scenario × score, and on (c) the precision and recall
-of the monitor's DD and OD labels against the truth "copied and duplicated" (DD) and "copied and not
+Metrics: AUROC and TPR at 1 % FPR per data set × scenario × score (toy: also within each piece of the
+mixture, so that a piece's dimension cannot explain a ranking), and the precision and recall of the
+monitor's DD and OD labels over every run against the truth "memorized and duplicated" (DD) and "memorized and not
 duplicated" (OD). The sizes are chosen for the class balance of the truth, not for the scores.
 """
 
@@ -254,9 +257,14 @@ def run_case(x: Tensor, heldout: Tensor, dc: DataConfig, cfg: Config, *, seed: i
     # ground truth and the generated-sample baseline (an independent set)
     if sample_labels is None:
         n_truth = min(cfg.max_generate, max(cfg.n_generate, cfg.per_point * n))
+        control_points = control(n_truth)
+        if len(control_points) < n_truth:
+            # a finite control (the unseen digits): the test's power peaks near as many samples as control
+            # points (π = G/(G+M) = 1/2: 11 samples certify a point; at G = 7.5 M it takes 58), so draw that many
+            n_truth = max(cfg.n_generate, len(control_points))
+            control_points = control(n_truth)
         truth_samples = H.generate(trained, n_truth, seed=seed + 1000)
         other_samples = H.generate(trained, cfg.n_generate, seed=seed + 2000)
-        control_points = control(n_truth)
     else:
         truth_samples = H.generate(trained, len(sample_labels), seed=seed + 1000, class_labels=sample_labels)
         other_samples = H.generate(trained, len(sample_labels), seed=seed + 2000, class_labels=sample_labels)
