@@ -320,7 +320,8 @@ def result_from_monitor(name: str, denoiser: Any, monitor: mmh_train.Memorizatio
         copy_score=copies.score, copy_nearest=copies.nearest, copy_rate=copies.copy_rate, quality=quality,
         metrics=dict(result.metrics) if result else {}, remedies=notes, train_seconds=seconds,
         copy_control_rate=copies.control_rate, copy_excess_interval=copies.excess_interval,
-        restored_step=restored_step)
+        restored_step=restored_step, rule=labels.rule if labels else "reference",
+        score=labels.score if labels else None)
 
 
 def copy_control(train_x: Tensor, heldout_x: Tensor) -> Optional[Tensor]:

@@ -101,7 +101,7 @@ def plot_lid_over_training(record: RunRecord) -> Figure:
             handles.setdefault(f"{name} band", Patch(
                 color=colour, alpha=0.25, label=f"{name}: 10–90% quantile band"))
         ref_text = ""
-        if v.lid_ref is not None and bool(torch.isfinite(v.lid_ref).any()):
+        if v.lid_ref is not None and v.rule != "heldout_null" and bool(torch.isfinite(v.lid_ref).any()):
             ref = float(v.lid_ref.detach().cpu().double().nanmedian())
             hline = ax.axhline(ref, color="black", ls="--", lw=1.2, label=f"{LID_STAR} (median of training probes)")
             handles.setdefault("ref", hline)
@@ -131,9 +131,10 @@ def plot_lid_over_training(record: RunRecord) -> Figure:
 # ---------------------------------------------------------------- LID_θ vs LID*
 
 def plot_lid_scatter(record: RunRecord) -> Figure:
-    """LID_θ at the last check vs LID* per training probe, coloured by label, with y = x; one panel per variant.
+    """LID_θ at the last check vs what it was compared with (LID*, or the held-out null) per training probe,
+    coloured by label, with y = x; one panel per variant.
 
-    Without LID* the x-axis is each probe's first measured LID_θ instead (points under y = x collapsed).
+    Without a reference the x-axis is each probe's first measured LID_θ instead (points under y = x collapsed).
     """
     V = len(record.variants)
     fig = Figure(figsize=(max(4.4 * min(V, 3), 6.6), 4.1 * math.ceil(V / 3) + 1.3), layout="constrained")
@@ -172,7 +173,12 @@ def plot_lid_scatter(record: RunRecord) -> Figure:
         unmeasured = int((~ok).sum())
         subtitle = " · ".join(parts) + (f" · unmeasured {unmeasured}" if unmeasured else "")
         ax.set_title(f"{v.name}\n{subtitle}", fontsize=9.5)
-        ax.set_xlabel(f"{LID_STAR} (data)" if v.lid_ref is not None else f"first measured {LID_THETA}")
+        if v.lid_ref is None:
+            ax.set_xlabel(f"first measured {LID_THETA}")
+        elif v.rule == "heldout_null":
+            ax.set_xlabel(f"{LID_THETA} of the nearest held-out probes (the null)")
+        else:
+            ax.set_xlabel(f"{LID_STAR} (data)")
         ax.grid(alpha=0.3)
         if not bool(ok.any()):
             ax.text(0.5, 0.5, "no measured probes", transform=ax.transAxes, ha="center", va="center", color="grey")
@@ -188,10 +194,19 @@ def plot_lid_scatter(record: RunRecord) -> Figure:
         ax.tick_params(labelleft=True)
     used = {name: used[name] for name in ("unlabelled", *LABEL_NAMES) if name in used}  # fixed legend order
     used["diag"] = Line2D([], [], color="black", ls="--", lw=1, label="y = x (model matches data)")
-    what = (f"below the diagonal = model thinner than data (OD-Mem); at {LID_STAR} ≈ 0 = duplicates (DD-Mem)"
-            if any_ref else
-            f"no {LID_STAR} recorded: x = first measured {LID_THETA}; below the diagonal = collapsed since")
-    fig.suptitle(f"{LID_THETA} vs {LID_STAR} per training probe — {record.recipe}\n{what}", fontsize=10.5)
+    null = any(v.rule == "heldout_null" and v.lid_ref is not None for v in record.variants)
+    if null:
+        used["diag"].set_label("y = x (reads like its held-out neighbours)")
+        what = ("far below the diagonal = the model collapsed at the point (OD-Mem, or DD-Mem where the data "
+                "duplicate it); labels: Benjamini–Hochberg against the held-out null")
+        versus = "its held-out null"
+    elif any_ref:
+        what = f"below the diagonal = model thinner than data (OD-Mem); at {LID_STAR} ≈ 0 = duplicates (DD-Mem)"
+        versus = LID_STAR
+    else:
+        what = f"no {LID_STAR} recorded: x = first measured {LID_THETA}; below the diagonal = collapsed since"
+        versus = LID_STAR
+    fig.suptitle(f"{LID_THETA} vs {versus} per training probe — {record.recipe}\n{what}", fontsize=10.5)
     fig.legend(handles=list(used.values()), loc="outside lower center", ncol=min(len(used), 4), fontsize=8.5,
                frameon=False)
     return fig
@@ -331,10 +346,12 @@ def _image_grid(record: RunRecord, copy_threshold: float, n_cols: int) -> Figure
         p = int(positions[j])
         index = int(first.train_index[p])
         # one value per line, 3 significant digits: wide values (-1165) must not run into the next caption
-        ref = f"\n{LID_STAR} {float(first.lid_ref[p]):.3g}" if first.lid_ref is not None else ""
+        ref_name = "null" if first.rule == "heldout_null" else LID_STAR
+        ref = f"\n{ref_name} {float(first.lid_ref[p]):.3g}" if first.lid_ref is not None else ""
         _show(ax, record.train_x[index], f"#{index}\n{LID_THETA} {float(lid[p]):.3g}{ref}")
-    how = "highest od_gap" if ranking == "od_gap" else f"lowest {LID_THETA}"
-    head = f"Most memorized training images of '{first.name}' ({how}): training index, {LID_THETA} and {LID_STAR}"
+    how = {"score": "highest score", "od_gap": "highest od_gap"}.get(ranking, f"lowest {LID_THETA}")
+    versus = "its held-out null" if first.rule == "heldout_null" else LID_STAR
+    head = f"Most memorized training images of '{first.name}' ({how}): training index, {LID_THETA} and {versus}"
     if len(positions) == 0:
         head += " — none measured"
     subfigs[0].suptitle(head, fontsize=9)

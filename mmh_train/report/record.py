@@ -43,9 +43,10 @@ class VariantResult:
             at that check (rotation under a budget).
         lid_heldout: ``[C, Q]`` the same for held-out probes (Q may be 0).
         train_index: ``[P]`` long, dataset index of each training probe (into ``RunRecord.train_x``).
-        lid_ref: ``[P]`` LID* of the training probes, or None without a reference.
+        lid_ref: ``[P]`` what LID_θ was compared with: LID* of the training probes (``rule="reference"``), or
+            the LID_θ of their nearest held-out probes (``rule="heldout_null"``); None without labels.
         labels: ``[P]`` long codes (``LABEL_NAMES``: 0 none, 1 od, 2 dd) at the last check, or None.
-        od_gap: ``[P]`` how far LID_θ fell below LID* (higher = more OD-memorized), or None.
+        od_gap: ``[P]`` how far LID_θ fell below ``lid_ref`` (higher = more OD-memorized), or None.
         samples: ``[S, ...]`` generated samples, each shaped like a training point.
         copy_score: ``[S]`` nearest-neighbour ratio of each sample (lower = more copy-like).
         copy_nearest: ``[S]`` long index into the training set of each sample's nearest neighbour.
@@ -54,6 +55,8 @@ class VariantResult:
         copy_excess_interval: ``(low, high)`` confidence interval of ``copy_rate − copy_control_rate``, or None.
         restored_step: the training step whose weights the samples and final metrics come from, when early
             stopping loaded back an earlier check's weights; None when the model is the last one trained.
+        rule: which rule made the labels, ``"reference"`` or ``"heldout_null"`` (see ``MemorizationLabels``).
+        score: ``[P]`` the verdicts' ranking score (higher = more memorized), or None (then ``od_gap`` ranks).
         quality: sample-quality numbers, e.g. ``{"sliced_wasserstein": 0.12}``.
         metrics: the monitor's final metrics (``lid_train``, ``lid_heldout``, ``lid_gap``,
             ``od_fraction``, ``dd_fraction``, ``collapse``; absent keys are shown as "—").
@@ -80,6 +83,13 @@ class VariantResult:
     copy_control_rate: float | None = None
     copy_excess_interval: tuple[float, float] | None = None
     restored_step: int | None = None
+    rule: str = "reference"
+    score: Tensor | None = None
+
+    @property
+    def reference_name(self) -> str:
+        """What ``lid_ref`` is, for captions: "LID*" or "held-out null"."""
+        return "held-out null" if self.rule == "heldout_null" else "LID*"
 
     @property
     def copy_excess(self) -> float | None:
@@ -237,7 +247,7 @@ def _variant_problems(v: VariantResult, where: str, n_train: int, point_shape: t
         elif v.train_index.numel() and (int(v.train_index.min()) < 0 or int(v.train_index.max()) >= n_train):
             out.append(f"{where}: train_index must index the training set [0, {n_train}); got values in "
                        f"[{int(v.train_index.min())}, {int(v.train_index.max())}].")
-    for name, floating in (("lid_ref", True), ("labels", False), ("od_gap", True)):
+    for name, floating in (("lid_ref", True), ("labels", False), ("od_gap", True), ("score", True)):
         value = getattr(v, name)
         if value is None or not tensor(value, f"{where}: {name}", floating=floating, optional=True):
             continue
@@ -332,9 +342,13 @@ def label_counts(v: VariantResult) -> dict[str, int] | None:
 def top_memorized(v: VariantResult, k: int = 10) -> tuple[Tensor, str]:
     """Positions (into the probe axis) of the ``k`` most memorized training probes, and the ranking used.
 
-    Ranked by ``od_gap`` (highest first) when the run has it, else by the lowest latest LID_θ; probes
-    without a value are left out, so fewer than ``k`` may come back.
+    Ranked by the verdicts' ``score`` (highest first) when the run has it, else by ``od_gap``, else by the
+    lowest latest LID_θ; probes without a value are left out, so fewer than ``k`` may come back.
     """
+    if v.score is not None:
+        score = v.score.detach().cpu().to(torch.float64)
+        ok = torch.nonzero(torch.isfinite(score)).flatten()
+        return ok[torch.argsort(score[ok], descending=True, stable=True)][:k], "score"
     if v.od_gap is not None:
         gap = v.od_gap.detach().cpu().to(torch.float64)
         ok = torch.nonzero(torch.isfinite(gap)).flatten()

@@ -57,7 +57,11 @@ WHAT_THIS_SHOWS = (
     "**DD-Mem** (data-driven): the data themselves are a point there (duplicated training examples have "
     "LID* = 0) and the model agrees, LID_θ ≈ LID* ≈ 0 — the blue points at the origin of the scatter; it calls "
     "for de-duplicating or down-weighting the data. Points near the diagonal with a LID* that is not small "
-    "(grey) generalize. Generated samples whose nearest-neighbour ratio is below 1/3 are copies of a "
+    "(grey) generalize. With held-out data (the default) the monitor compares each training point with what "
+    "the same model reads on its nearest held-out points instead of LID* (the held-out null: those points are "
+    "not memorized by construction), at three noise levels, and labels a point only where that drop is "
+    "significant (Benjamini–Hochberg at 5%) and at least half the null; DD then means the data duplicate "
+    "the point (docs/science.md §7). Generated samples whose nearest-neighbour ratio is below 1/3 are copies of a "
     "training point (docs/science.md §6); the samples plot shows where they land. That test also fires by "
     "chance on data no model produced, often on low-dimensional data: the results give the same test's rate on "
     "the held-out points (the control) and the excess, model minus control, which is what the model copies "
@@ -192,13 +196,15 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
         out.append(B("p", unusual))
     out.append(B("h2", "Plots"))
     out.append(B("p", "LID_θ over training: mean over training probes and over held-out probes at each check "
-                      "(each probe's latest measurement carried forward), 10–90% bands, LID* dashed; a dotted line "
-                      "marks the check whose weights early stopping restored."))
+                      "(each probe's latest measurement carried forward), 10–90% bands, LID* dashed (when the "
+                      "labels compare with LID*); a dotted line marks the check whose weights early stopping "
+                      "restored."))
     out.append(B("img", "LID over training", href=PLOT_FILES["lid_over_training"]))
-    out.append(B("p", "LID_θ at the final check (the restored one, if any) against LID* for every training probe, "
-                      "coloured by label "
-                      "(none grey, OD red, DD blue); the dashed line is y = x."))
-    out.append(B("img", "LID_θ vs LID* per training probe", href=PLOT_FILES["lid_scatter"]))
+    versus = ("the LID_θ of its nearest held-out probes (the held-out null)"
+              if any(v.rule == "heldout_null" for v in record.variants) else "LID*")
+    out.append(B("p", f"LID_θ at the final check (the restored one, if any) against {versus} for every training "
+                      "probe, coloured by label (none grey, OD red, DD blue); the dashed line is y = x."))
+    out.append(B("img", f"LID_θ vs {versus} per training probe", href=PLOT_FILES["lid_scatter"]))
     if record.kind == "vectors":
         what = ("Training points (black circles, drawn on top; duplicated ones boxed in blue) and generated samples (orange; copies as red "
                 "crosses), projected on the first two principal components of the training set.")
@@ -216,9 +222,9 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
             rows.append((v.name, *((str(c[n]) for n in (*LABEL_NAMES, "unmeasured")) if c else ["—"] * 4)))
         out.append(B("table", header=("variant", *LABEL_NAMES, "unmeasured"), rows=tuple(rows)))
         out.append(B("p", "Counts of training probes by label at the last check; unmeasured probes have no "
-                          "LID_θ (or no LID*) yet."))
+                          "LID_θ (or nothing to compare it with) yet."))
     else:
-        out.append(B("p", "No labels: the run had no LID* reference."))
+        out.append(B("p", "No labels: the run had no held-out data and no LID* reference."))
 
     out.append(B("h2", f"Top {top_k} most memorized training points"))
     for v in record.variants:
@@ -229,10 +235,11 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
             rows.append((str(rank), str(int(v.train_index[p])), _num(float(lid[p]), _LID),
                          _num(float(v.lid_ref[p]), _LID) if v.lid_ref is not None else "—",
                          _num(float(v.od_gap[p]), _LID) if v.od_gap is not None else "—",
+                         _num(float(v.score[p]), _LID) if v.score is not None else "—",
                          LABEL_NAMES[int(v.labels[p])] if v.labels is not None else "—"))
         out.append(B("p", f"**{v.name}** (ranked by {ranking}):"))
         if rows:
-            out.append(B("table", header=("rank", "train index", "LID_θ", "LID*", "od_gap", "label"),
+            out.append(B("table", header=("rank", "train index", "LID_θ", v.reference_name, "gap", "score", "label"),
                          rows=tuple(rows)))
         else:
             out.append(B("p", "no measured probes."))

@@ -102,6 +102,8 @@ def test_digits_class_conditional_end_to_end(tmp_path):
     (["data.dup_fraction=2.0"], "choose it in [0, 1]"),
     (["train.lr=-1"], "train.lr must be a finite number > 0"),
     (["monitor.reference_k=0"], "monitor.reference_k must be ≥ 1"),
+    (["monitor.fdr=1.5"], "monitor.fdr=1.5 must lie in (0, 1)"),
+    (["monitor.reference=nearby"], "choose one of 'auto', 'heldout_null', 'data'"),
 ])
 def test_bad_toy_configs_fail_before_training(tmp_path, capsys, argv, message):
     assert toy.main([f"out_dir={tmp_path / 'run'}", *argv]) == 2

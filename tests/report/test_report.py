@@ -298,3 +298,16 @@ def test_bad_record_is_refused_before_writing(tmp_path, change, message):
 def test_not_a_record(tmp_path):
     with pytest.raises(TypeError, match="RunRecord"):
         write_report(tmp_path, {"recipe": "toy"})
+
+
+def test_a_run_labelled_against_the_heldout_null_says_so_and_ranks_by_score(tmp_path):
+    record = vector_record(n_variants=1)
+    base = record.variants[0]
+    score = torch.linspace(0.0, 1.0, base.train_index.shape[0], dtype=torch.float64)  # the last probe ranks first
+    record = dataclasses.replace(record, variants=[dataclasses.replace(base, rule="heldout_null", score=score)])
+    write_report(tmp_path, record)
+    md = (tmp_path / "report.md").read_text()
+    assert "| rank | train index | LID_θ | held-out null | gap | score | label |" in md
+    assert "(ranked by score)" in md and f"| 1 | {int(base.train_index[-1])} |" in md
+    assert "the held-out null" in md
+    _check_outputs(tmp_path, record)
