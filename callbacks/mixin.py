@@ -62,6 +62,9 @@ class MemorizationMixin:
         (``indices [B]``) the monitor labelled OD, each with its own target.
         """
         controller = self._mmh_penalty
+        if controller is not None and controller.per_point and indices is None:  # before any point is flagged
+            raise ValueError("LIDPenaltyController(per_point=True) needs the batch's dataset indices: call "
+                             "self.mmh_lid_penalty(x0, indices) (wrap the dataset in mmh_train.data.IndexedDataset).")
         if controller is None or controller.weight == 0.0:
             return torch.zeros((), device=x.device, dtype=x.dtype)
         schedule = controller.schedule

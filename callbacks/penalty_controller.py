@@ -55,7 +55,8 @@ class LIDPenaltyController(Callback):
     @override
     def state_key(self) -> str:
         s = self.schedule
-        return self._generate_state_key(max_weight=s.max_weight, od_threshold=s.od_threshold, sigma=self.sigma)
+        return self._generate_state_key(max_weight=s.max_weight, od_threshold=s.od_threshold, sigma=self.sigma,
+                                        per_point=self.per_point)
 
     @property
     def activated_at(self) -> int | None:
@@ -100,6 +101,11 @@ class LIDPenaltyController(Callback):
                 and not any(isinstance(cb, LIDMonitor) and cb.monitor.labels_anything for cb in trainer.callbacks)):
             raise ValueError("LIDPenaltyController(target=None) takes the target from an LIDMonitor's reference LID*; "
                              "add LIDMonitor(..., reference='data') or pass target=<the data's LID>.")
+        self.weight = self.schedule.weight(trainer.global_step)
+
+    @override
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        # after a resume the schedule was restored after setup: the first step must already carry its weight
         self.weight = self.schedule.weight(trainer.global_step)
 
     @override

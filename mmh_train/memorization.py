@@ -45,7 +45,8 @@ class MemorizationLabels:
             unmeasured.
         lid_model: LID_θ as given, in the promoted dtype (NaN where not measured).
         lid_ref: LID* as given, in the promoted dtype on ``lid_model``'s device.
-        measured: bool, whether both LIDs are known at the point.
+        measured: bool, whether both LIDs are known at the point (held-out rule: whether it was tested, i.e.
+            has a finite statistic at some noise level).
         rule: which rule made the labels: ``"reference"`` (LID_θ against LID* with absolute or relative
             margins, :func:`classify_memorization`) or ``"heldout_null"`` (calibrated against the model's
             own LID_θ on nearby held-out points, :func:`mmh_train.verdicts.calibrated_labels`).
@@ -100,9 +101,10 @@ class MemorizationLabels:
         return {name: int((measured_labels == code).sum()) for code, name in enumerate(LABEL_NAMES)}
 
     def fraction(self, name: str) -> float:
-        """Fraction of the measured points that carry label ``name`` (one of ``LABEL_NAMES``)."""
+        """Fraction of the measured points that carry label ``name`` (one of ``LABEL_NAMES``); NaN when no
+        point is measured yet (e.g. the first check of a rotation under a budget)."""
         check_choice(name, "name", LABEL_NAMES)
-        return self.counts()[name] / self.n_measured
+        return self.counts()[name] / self.n_measured if self.n_measured else math.nan
 
     def top(self, k: int, kind: str = "od") -> Tensor:
         """Indices of the (at most) ``k`` most memorized points of one kind, most memorized first.

@@ -131,7 +131,7 @@ def memorized_points(samples: Tensor, train: Tensor, control: Tensor, *, fdr: fl
         raise ValueError("train needs at least 2 distinct points (the radius is a fraction of the distance "
                          f"to the nearest other point); got {reps.shape[0]} after merging exact duplicates.")
     _check_no_overlap(c, reps)
-    n_rows, n_reps, n_samples, n_control = x.shape[0], reps.shape[0], g.shape[0], c.shape[0]
+    n_reps, n_samples, n_control = reps.shape[0], g.shape[0], c.shape[0]
 
     spacing = _knn(reps, reps, 1, torch.arange(n_reps, device=reps.device))[0][:, 0]
     radius = radius_fraction * spacing.double()

@@ -146,7 +146,9 @@ class MemorizationMonitor:
                       batch_size=batch_size, early_checks=early_checks, max_seconds_per_check=max_seconds_per_check,
                       max_fraction_of_training=max_fraction_of_training)
         check_estimator(estimator, ESTIMATORS)
-        self.rule, reference, survey_options = resolve_rule(reference, heldout_data, n_held, n_train, reference_options)
+        n_held_probes = min(n_held, n_heldout_probes or 64) if heldout_data is not None else 0
+        self.rule, reference, survey_options = resolve_rule(reference, heldout_data, n_held_probes, n_train,
+                                                            reference_options)
         self.reference = ReferenceLID(None if self.rule == "heldout_null" else reference,
                                       {} if self.rule == "heldout_null" else (reference_options or {}))
         generator = torch.Generator().manual_seed(seed)
@@ -179,7 +181,7 @@ class MemorizationMonitor:
         self.order = interleave(len(self.train_index), len(self.heldout_index))
         # State saved by state_dict: the per-sample history and where the rotation stands.
         self.history: list[Tensor] = []  # one [S, P + Q] row per check, NaN where not measured
-        self.nonfinite: list[Tensor] = []  # one bool [P + Q] row per check: measured, and not finite (primary σ)
+        self.nonfinite: list[Tensor] = []  # one bool [P + Q] row per check: measured, and not finite at some σ
         self.steps: list[int] = []
         self.epochs: list[int] = []
         self.pointer = 0
@@ -273,7 +275,7 @@ class MemorizationMonitor:
         self.pointer = (self.pointer + count) % self.n_probes
         self.seconds_per_point = seconds_per_point
         bad = torch.zeros(self.n_probes, dtype=torch.bool)
-        bad[positions] = ~torch.isfinite(values[0, positions])
+        bad[positions] = ~torch.isfinite(values[:, positions]).all(0)  # non-finite at any noise level
         if bool(bad.any()):
             P = len(self.train_index)
             warnings.warn(f"mmh_train monitor, step {step}: LID_θ is NaN or infinite for {int(bad.sum())} of {count} "
@@ -281,8 +283,7 @@ class MemorizationMonitor:
                           f"denoiser returned non-finite values, most likely because the model diverged. This "
                           f"check's metrics are NaN (check_finite stopping fires) and no earlier value of those "
                           f"probes is carried forward.", RuntimeWarning, stacklevel=2)
-        values[0, positions] = torch.where(bad[positions], torch.full_like(values[0, positions], math.nan),
-                                           values[0, positions])
+        values[:, bad] = math.nan  # every level of a bad probe: nothing of it is averaged or carried forward
         self.nonfinite.append(bad)
         self.history.append(values.float())
         self.steps.append(int(step))
@@ -341,7 +342,8 @@ class MemorizationMonitor:
             metrics["lid_gap"] = metrics["lid_heldout"] - metrics["lid_train"]
         if bool(torch.isfinite(collapse).any()):
             metrics["collapse"] = _nanmean(collapse)
-        if reference is not None or self.rule == "heldout_null":
+        if (reference is not None or self.rule == "heldout_null") and (labels is None or labels.n_measured):
+            # absent while no probe is measured yet (a rotation under a budget); NaN for a diverged model
             metrics["od_fraction"] = labels.fraction("od") if labels is not None else math.nan
             metrics["dd_fraction"] = labels.fraction("dd") if labels is not None else math.nan
         if bool(bad.any()):  # a diverged model: no metric of this check is a number
@@ -357,6 +359,10 @@ class MemorizationMonitor:
         latest = torch.stack([latest_measured(history[:, s, :]) for s in range(history.shape[1])])
         latest[:, bad] = math.nan
         P = len(self.train_index)
+        if bool(bad.any()) and not bool(torch.isfinite(latest[:, :P]).any()):
+            raise ValueError(f"every training probe's LID_θ is NaN or infinite at step {self.steps[upto - 1]} "
+                             f"({int(bad.sum())} probes went non-finite): the denoiser returned non-finite "
+                             f"values. Check the model (a diverged network), sigma and the precision.")
         view = self.view()
         return calibrated_labels(latest[:, :P], latest[:, P:], view[:P], view[P:],
                                  duplicated=self.survey.groups.duplicated[self.train_index], sigmas=self.sigmas,

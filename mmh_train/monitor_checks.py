@@ -14,6 +14,7 @@ import torch
 from ._checks import check_positive_int
 from .memorization import classify_memorization
 from .probes import InputFn, gather_points
+from .verdicts import check_verdict_options
 
 __all__ = ["HELDOUT_NULL_OPTIONS", "check_sigma_argument", "check_numbers", "check_estimator", "resolve_rule",
            "check_options", "check_heldout_shape"]
@@ -57,14 +58,18 @@ def check_estimator(estimator: Any, known: dict[str, Any]) -> None:
         raise TypeError(f"estimator must be a name or a callable; got {type(estimator).__name__}.")
 
 
-def resolve_rule(reference: Any, heldout_data: Any, n_held: int, n_train: int,
+def resolve_rule(reference: Any, heldout_data: Any, n_held_probes: int, n_train: int,
                  reference_options: dict[str, Any] | None) -> tuple[str, Any, dict[str, Any]]:
     """Which rule labels the probes: ``("heldout_null", "heldout_null", survey options)`` or ``("reference",
-    the reference, {})``. ``"auto"`` is the held-out null when there are at least 2 held-out points."""
+    the reference, {})``. ``"auto"`` is the held-out null when there are at least 2 held-out probes."""
     if isinstance(reference, str) and reference in ("heldout", "heldout_null") and heldout_data is None:
         raise ValueError(f"reference={reference!r} needs heldout_data; pass held-out points or use reference='data'.")
+    if isinstance(reference, str) and reference == "heldout_null" and n_held_probes < 2:
+        raise ValueError(f"reference='heldout_null' compares each held-out probe with its nearest others, so it "
+                         f"needs at least 2 held-out probes; got {n_held_probes}. Pass n_heldout_probes ≥ 2 (or "
+                         f"None for up to 64) or more held-out data.")
     if isinstance(reference, str) and reference == "auto":
-        reference = "heldout_null" if heldout_data is not None and n_held >= 2 else "data"
+        reference = "heldout_null" if heldout_data is not None and n_held_probes >= 2 else "data"
     rule = "heldout_null" if isinstance(reference, str) and reference == "heldout_null" else "reference"
     survey_options = dict(reference_options or {}) if rule == "heldout_null" else {}
     if set(survey_options) - {"near_ratio"}:
@@ -92,6 +97,8 @@ def check_options(function: Any, estimator: Any, estimator_options: dict[str, An
     if unknown:
         raise ValueError(f"label_options has unknown key(s) {unknown} for the {rule!r} rule; valid keys: "
                          f"{sorted(labelling)}.")
+    if rule == "heldout_null":
+        check_verdict_options(**(label_options or {}))
     try:
         parameters = inspect.signature(function).parameters
     except (TypeError, ValueError):  # a callable without an introspectable signature: its own call will tell

@@ -9,12 +9,10 @@ What the verdicts need from the data alone (no model):
   component of the links. Chance links need a point's nearest neighbour within ``near_ratio`` of its k-th:
   about k·near_ratio^d of the points on a d-dimensional piece (0.4 % at d = 2 with the defaults; on a 1-d
   piece ~20 %, where near-duplicates are not separable from neighbours by distance alone).
-- **spacing**: the median over the training probes of the distance to the nearest other distinct training
-  point, in data units. A memorizing denoiser collapses at σ below the spacing, so the default noise
-  levels are fixed fractions of it (:data:`SPACING_FRACTIONS`), from the data's own scale.
-
-Distances in the view are rescaled to data units by √(D / F) (exact for differences that are constant over
-each averaged block).
+- **spacing**: the median over the training probes of the distance to the nearest training point of
+  another duplicate group (found in the view, measured on the data). A memorizing denoiser collapses at σ
+  below the spacing, so the default noise levels are fixed fractions of it (:data:`SPACING_FRACTIONS`),
+  from the data's own scale.
 """
 
 from __future__ import annotations
@@ -44,8 +42,8 @@ class DataSurvey:
     Attributes:
         view: ``[N, F]`` every training point in the comparison view (float32, CPU).
         groups: duplicate groups over the N training points.
-        spacing: median nearest-distinct-neighbour distance of the probed points, in data units.
-        scale: √(D / F), data units per view unit.
+        spacing: median distance of the probed points to their nearest point of another group, in data units.
+        scale: √(D / F), the ratio of the data's to the view's number of features.
     """
 
     view: Tensor
@@ -58,34 +56,36 @@ def near_duplicate_groups(view: Tensor, *, near_ratio: float = 0.02, k: int = 10
     """Exact and near-duplicate groups of the points ``view [N, F]``.
 
     Two points are linked when equal, or when their distance is at most ``near_ratio`` × the smaller of
-    their distances to the ``k``-th nearest distinct point (copies merged first). ``near_ratio = 0`` finds
-    exact copies only.
+    their scales, a point's scale being its distance to the ``k``-th nearest distinct point, floored at a
+    tenth of the median scale: a cluster of k or more near-copies would otherwise shrink its own radius to
+    nothing and never be linked. ``near_ratio = 0`` finds exact copies only.
     """
     if isinstance(near_ratio, bool) or not isinstance(near_ratio, (int, float)) or not 0 <= near_ratio < 1:
         raise ValueError(f"near_ratio must lie in [0, 1) (0.02: closer than 2% of the local spacing); got {near_ratio!r}.")
     exact = find_duplicate_groups(view)
     if near_ratio == 0 or exact.n_groups < 3:
         return exact
-    first = torch.full((exact.n_groups,), view.shape[0], dtype=torch.long)
-    first.scatter_reduce_(0, exact.group, torch.arange(view.shape[0]), reduce="amin")
-    reps = view[first]
+    reps = view[_first_members(exact)]
     kk = min(k, exact.n_groups - 1)
     dist, index = knn(reps, None, kk)
-    local = dist[:, -1]  # distance to the k-th nearest distinct point
-    radius = near_ratio * torch.minimum(local[:, None], local[index])
-    close = dist <= radius
+    scale = dist[:, -1].clamp(min=0.1 * float(dist[:, -1].median()))
+    close = dist <= near_ratio * torch.minimum(scale[:, None], scale[index])
     if not bool(close.any()):
         return exact
     rows, cols = torch.nonzero(close, as_tuple=True)
-    pairs = torch.stack([rows, index[rows, cols]], 1)
     parent = torch.arange(exact.n_groups)  # union-find over the exact groups, joined by the close pairs
-    for a, b in pairs.tolist():  # few pairs: near-copies are rare by construction
+    for a, b in zip(rows.tolist(), index[rows, cols].tolist()):  # few pairs: near-copies are rare
         ra, rb = _root(parent, a), _root(parent, b)
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
     roots = torch.tensor([_root(parent, g) for g in range(exact.n_groups)])
-    merged = roots[exact.group].float()[:, None]
-    return find_duplicate_groups(merged)
+    return find_duplicate_groups(roots[exact.group].float()[:, None])
+
+
+def _first_members(groups: DuplicateGroups) -> Tensor:
+    """``[G]`` the lowest index of each group."""
+    first = torch.full((groups.n_groups,), len(groups), dtype=torch.long)
+    return first.scatter_reduce_(0, groups.group, torch.arange(len(groups)), reduce="amin")
 
 
 def _root(parent: Tensor, i: int) -> int:
@@ -120,20 +120,25 @@ def survey_training_data(data: Tensor | Sequence[Any], probe_index: Tensor, *, i
         ambient = batch[0].numel()
         parts.append(comparison_view(batch))
     view = torch.cat(parts)
-    scale = math.sqrt(ambient / view.shape[1])
     groups = near_duplicate_groups(view, near_ratio=near_ratio)
-    spacing = _probe_spacing(view, groups, probe_index) * scale
-    return DataSurvey(view=view, groups=groups, spacing=spacing, scale=scale)
+    spacing = _probe_spacing(data, view, groups, probe_index, input_fn)
+    return DataSurvey(view=view, groups=groups, spacing=spacing, scale=math.sqrt(ambient / view.shape[1]))
 
 
-def _probe_spacing(view: Tensor, groups: DuplicateGroups, probe_index: Tensor) -> float:
-    """Median over the probes of the distance to the nearest point of another duplicate group (view units)."""
+def _probe_spacing(data: Any, view: Tensor, groups: DuplicateGroups, probe_index: Tensor,
+                   input_fn: InputFn | None) -> float:
+    """Median over the probes of the data-space distance to the nearest point of another duplicate group.
+
+    The neighbour is found in the view; its distance is measured on the data themselves (no assumption on
+    how the view scales distances). NaN when every point is in one group.
+    """
     if groups.n_groups < 2:
         return math.nan
-    first = torch.full((groups.n_groups,), view.shape[0], dtype=torch.long)
-    first.scatter_reduce_(0, groups.group, torch.arange(view.shape[0]), reduce="amin")
-    probe_groups = groups.group[probe_index]
-    dist, index = knn(view[first], view[probe_index], 2)
-    own = index[:, 0] == probe_groups  # the nearest representative is the probe's own group: take the next
-    nearest = torch.where(own, dist[:, 1], dist[:, 0])
-    return float(nearest.median())
+    largest = int(torch.bincount(groups.group).max())
+    k = min(len(groups), largest + 1)
+    _, index = knn(view, view[probe_index], k)
+    other = groups.group[index] != groups.group[probe_index][:, None]  # the first column is never "other"
+    first_other = index.gather(1, other.long().argmax(1, keepdim=True)).squeeze(1)
+    probes = gather_points(data, probe_index, input_fn).flatten(1).double()
+    neighbours = gather_points(data, first_other, input_fn).flatten(1).double()
+    return float((probes - neighbours).norm(dim=1).median())

@@ -37,7 +37,7 @@ from .chance import benjamini_hochberg
 from .memorization import DD, NONE, OD, MemorizationLabels
 from .neighbors import knn
 
-__all__ = ["local_null", "relative_drop", "robust_z", "combine_noise_levels", "calibrated_labels",
+__all__ = ["local_null", "relative_drop", "robust_z", "combine_noise_levels", "calibrated_labels", "check_verdict_options",
            "MAD_TO_SD"]
 
 #: 1.4826 · MAD estimates a normal distribution's standard deviation.
@@ -46,22 +46,34 @@ _TINY_SCALE = 1e-6
 
 
 def local_null(lid_heldout: Tensor, heldout_view: Tensor, query_view: Tensor | None, k: int) -> Tensor:
-    """Mean held-out LID_θ near each query, per noise level.
+    """Mean held-out LID_θ near each query, per noise level, over the held-out probes measured there.
 
     Args:
         lid_heldout: ``[S, Q]`` LID_θ of the held-out probes at S noise levels (NaN: not measured).
         heldout_view: ``[Q, F]`` the held-out probes in the comparison view.
         query_view: ``[P, F]`` the queries in the same view, or ``None`` for the held-out probes themselves,
-            each against its nearest *other* held-out probes (leave-one-out).
-        k: neighbours averaged (clipped to the number available).
+            each against its nearest *other* measured held-out probes (leave-one-out).
+        k: neighbours averaged (clipped to the number measured).
 
     Returns:
-        ``[S, P]`` (or ``[S, Q]``) float64; NaN where none of the neighbours was measured.
+        ``[S, P]`` (or ``[S, Q]``) float64; NaN where too few held-out probes were measured at a level (none
+        for a query; fewer than two for leave-one-out) or where the held-out probe itself was not measured.
     """
-    q = heldout_view.shape[0]
-    k = min(k, q - 1 if query_view is None else q)
-    _, index = knn(heldout_view, query_view, k, exclude_self=query_view is None)
-    return lid_heldout.double()[:, index.cpu()].nanmean(-1)
+    levels = lid_heldout.shape[0]
+    n = heldout_view.shape[0] if query_view is None else query_view.shape[0]
+    out = torch.full((levels, n), math.nan, dtype=torch.float64)
+    for s in range(levels):
+        measured = torch.nonzero(torch.isfinite(lid_heldout[s])).flatten()
+        values = lid_heldout[s, measured].double()
+        if query_view is None:
+            if len(measured) < 2:
+                continue
+            _, index = knn(heldout_view[measured], None, min(k, len(measured) - 1), exclude_self=True)
+            out[s, measured] = values[index.cpu()].mean(-1)
+        elif len(measured):
+            _, index = knn(heldout_view[measured], query_view, min(k, len(measured)))
+            out[s] = values[index.cpu()].mean(-1)
+    return out
 
 
 def relative_drop(lid: Tensor, null: Tensor) -> Tensor:
@@ -123,9 +135,10 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
             (the data, or a deterministic reduction of images; see :mod:`mmh_train.views`).
         duplicated: ``[P]`` bool, whether the data duplicate each training probe (a duplicate group of two
             or more); None means no point is.
-        k: held-out neighbours in each local null (≥ 1; Q ≥ k + 1 held-out probes needed).
+        k: held-out neighbours in each local null (≥ 1; clipped to the number of held-out probes measured).
         scale_k: held-out neighbours whose null drops set each point's local centre and scale.
-        fdr: Benjamini–Hochberg level in (0, 1) over the measured training probes.
+        fdr: Benjamini–Hochberg level in (0, 1) over the tested training probes (a finite statistic at some
+            level; ``measured`` in the result).
         min_drop: the smallest relative drop below the local null that counts, in [0, 1).
         sigmas: the S noise levels (for ``labels.sigma``); None leaves it unset.
 
@@ -144,16 +157,10 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     _check_view(heldout_view, q, "heldout_view")
     if train_view.reshape(p, -1).shape[1] != heldout_view.reshape(q, -1).shape[1]:
         raise ValueError("train_view and heldout_view must live in the same space (same number of features).")
-    for name, value in (("k", k), ("scale_k", scale_k)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer ≥ 1 (held-out neighbours per local null); got {value!r}.")
+    check_verdict_options(k=k, scale_k=scale_k, fdr=fdr, min_drop=min_drop)
     if q < 2:
         raise ValueError(f"a held-out null needs at least 2 held-out probes (each is compared with its nearest "
                          f"others); got {q}. Pass more held-out points, or use reference='data'.")
-    if not 0.0 < fdr < 1.0:
-        raise ValueError(f"fdr must lie in (0, 1), e.g. 0.05; got {fdr!r}.")
-    if isinstance(min_drop, bool) or not isinstance(min_drop, (int, float)) or not 0.0 <= min_drop < 1.0:
-        raise ValueError(f"min_drop must lie in [0, 1) (0.5: LID_θ at most half the local null); got {min_drop!r}.")
     if duplicated is None:
         duplicated = torch.zeros(p, dtype=torch.bool)
     if not isinstance(duplicated, Tensor) or duplicated.shape != (p,):
@@ -178,8 +185,8 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     finite = torch.isfinite(drop)
     score = torch.where(finite, drop, torch.zeros_like(drop)).sum(0) / finite.sum(0).clamp(min=1)
     score = torch.where(finite.any(0), score, torch.full_like(score, math.nan))
-    measured = torch.isfinite(lid_train[0].cpu()) & torch.isfinite(null_train[0])
     tested = torch.isfinite(z_best)
+    measured = tested  # a probe with a finite statistic at some level: tested, labelled and counted
     rejected = torch.zeros(p, dtype=torch.bool)
     if bool(tested.any()):
         rejected[tested] = benjamini_hochberg(p_value[tested], fdr)
@@ -202,6 +209,17 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     return MemorizationLabels(label=label, od_gap=od_gap, lid_model=lid_model, lid_ref=lid_ref, measured=measured,
                               score=score, p_value=p_value, drop=best_drop, duplicated=duplicated,
                               sigma=decided_sigma, null=decided_null, z=z_best, rule="heldout_null")
+
+
+def check_verdict_options(*, k: int = 5, scale_k: int = 100, fdr: float = 0.05, min_drop: float = 0.5) -> None:
+    """The options of :func:`calibrated_labels`, checked (the monitor calls it before any work)."""
+    for name, value in (("k", k), ("scale_k", scale_k)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer ≥ 1 (held-out neighbours per local null); got {value!r}.")
+    if isinstance(fdr, bool) or not isinstance(fdr, (int, float)) or not 0.0 < fdr < 1.0:
+        raise ValueError(f"fdr must lie in (0, 1), e.g. 0.05; got {fdr!r}.")
+    if isinstance(min_drop, bool) or not isinstance(min_drop, (int, float)) or not 0.0 <= min_drop < 1.0:
+        raise ValueError(f"min_drop must lie in [0, 1) (0.5: LID_θ at most half the local null); got {min_drop!r}.")
 
 
 def _as_levels(lid: Any, name: str) -> Tensor:

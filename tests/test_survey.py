@@ -59,3 +59,23 @@ def test_images_are_surveyed_in_a_reduced_view_with_the_spacing_in_pixel_units()
     assert comparison_view(torch.rand(4, 10)).shape == (4, 10)
     with pytest.raises(ValueError, match="max_side"):
         comparison_view(images, max_side=0)
+
+
+def test_a_large_cluster_of_near_copies_is_one_group():
+    """20 jittered copies of one point: its own 10th neighbour is a copy, so the scale's floor must link them."""
+    g = torch.Generator().manual_seed(4)
+    x = 0.1 * torch.randn(300, 8, generator=g, dtype=torch.float64)
+    x[100:120] = x[0] + 1e-5 * torch.randn(20, 8, generator=g, dtype=torch.float64)
+    groups = near_duplicate_groups(x)
+    assert int(groups.size[0]) == 21 and bool((groups.group[100:120] == groups.group[0]).all())
+    assert int(groups.duplicated.sum()) == 21
+
+
+def test_the_spacing_is_measured_on_the_data_whatever_the_view():
+    """28×28 images do not pool evenly to 16×16; the spacing still equals the data-space distance."""
+    g = torch.Generator().manual_seed(5)
+    images = torch.rand(40, 1, 28, 28, generator=g)
+    survey = survey_training_data(images, torch.arange(40))
+    view_nn = torch.cdist(survey.view, survey.view).fill_diagonal_(math.inf).argmin(1)
+    direct = (images.flatten(1) - images[view_nn].flatten(1)).norm(dim=1).median()
+    assert survey.spacing == pytest.approx(float(direct), rel=1e-5)

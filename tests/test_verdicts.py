@@ -156,3 +156,16 @@ def test_the_audit_table_carries_the_verdict_and_the_rule_that_made_it():
     assert by_index[0]["duplicate_group"] == by_index[40]["duplicate_group"]
     assert float(by_index[1]["score"]) > 0.5 and float(by_index[1]["p_value"]) < 1e-3
     assert all(r["label"] == "" for r in rows if r["split"] == "heldout")
+
+
+def test_the_monitor_checks_the_rule_and_its_options_before_any_work():
+    gauss = GaussianSubspace(10, 4, [1.0] * 4, seed=3)
+    train, heldout = gauss.sample(40, seed=4), gauss.sample(30, seed=5)
+    with pytest.raises(ValueError, match="fdr must lie in"):
+        MemorizationMonitor(train, heldout, label_options={"fdr": 5})
+    with pytest.raises(ValueError, match="label_options has unknown key.*'od_margin'.*heldout_null"):
+        MemorizationMonitor(train, heldout, label_options={"od_margin": 1.0})
+    with pytest.raises(ValueError, match="needs at least 2 held-out probes"):
+        MemorizationMonitor(train, heldout, reference="heldout_null", n_heldout_probes=1)
+    # "auto" with a single held-out probe falls back to the model-free rule
+    assert MemorizationMonitor(train, heldout, n_heldout_probes=1, reference_options={"k": 10}).rule == "reference"

@@ -64,6 +64,7 @@ class MemorizationGuard:
         self.restored_step: int | None = None
         self.last_result: CheckResult | None = None
         self._generator: torch.Generator | None = None
+        self._generator_state: Tensor | None = None  # restored lazily on the device of the first batch
 
     def _ops(self) -> DistributedOps:
         return self.distributed or default_ops()
@@ -110,11 +111,17 @@ class MemorizationGuard:
         (``indices [B]``) the monitor labelled OD, each with its own target at the σ that decided it; a
         global one on every row at ``penalty_sigma``.
         """
+        if self.schedule is not None and self.schedule.per_point and indices is None:  # before any point is flagged
+            raise ValueError("the per-point LID penalty needs the batch's dataset indices: call "
+                             "guard.penalty(denoiser, x0, step, indices=index) (wrap the dataset in "
+                             "mmh_train.data.IndexedDataset), or build PenaltySchedule without n_points.")
         weight = self.schedule.weight(step) if self.schedule is not None else 0.0
         if weight == 0.0:
             return torch.zeros((), device=x.device, dtype=x.dtype)
         if self._generator is None:
             self._generator = torch.Generator(device=x.device).manual_seed(self.seed + self._ops().rank)
+            if self._generator_state is not None:  # resumed: the saved stream, on the batch's device
+                self._generator.set_state(self._generator_state)
         if indices is not None:
             indices = check_indices(indices, len(self.schedule.point_target) if self.schedule.per_point else None,
                                     allow_repeats=True)
@@ -132,7 +139,7 @@ class MemorizationGuard:
             "should_stop": self.should_stop,
             "best_weights": self.best_weights,
             "restored_step": self.restored_step,
-            "generator": self._generator.get_state() if self._generator is not None else None,
+            "generator": self._generator.get_state() if self._generator is not None else self._generator_state,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -142,8 +149,6 @@ class MemorizationGuard:
                 part.load_state_dict(state[key])
         self.should_stop = state["should_stop"]
         self.best_weights, self.restored_step = state.get("best_weights"), state.get("restored_step")
-        if state["generator"] is not None:
-            self._generator = torch.Generator().manual_seed(0)
-            self._generator.set_state(state["generator"])
+        self._generator, self._generator_state = None, state["generator"]
         if self.monitor.history:
             self.last_result = self.monitor.result()

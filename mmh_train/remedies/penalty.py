@@ -154,7 +154,8 @@ def penalty_on_rows(denoiser: Any, x: Tensor, sigma: float | Tensor, rows: Tenso
 
     Scaled per batch row like a mean loss, so a penalty on 3 flagged points of 128 weighs 3/128 of one on
     all of them. With ``subset`` smaller than ``len(rows)``, a random ``subset`` of the rows (from
-    ``generator``) is evaluated and the sum is scaled up by ``len(rows) / subset`` (unbiased).
+    ``generator``; the first rows without one, as in :func:`lid_penalty`) is evaluated and the sum is scaled
+    up by ``len(rows) / subset`` (unbiased with a generator). The global RNG is never used.
 
     Args:
         x: ``[B, ...]`` the batch; rows: ``[b]`` long indices into it; target, sigma: floats or ``[b]``.
@@ -168,9 +169,9 @@ def penalty_on_rows(denoiser: Any, x: Tensor, sigma: float | Tensor, rows: Tenso
     if n_rows == 0 or weight == 0.0:
         return torch.zeros((), device=x.device, dtype=x.dtype)
     target = target if not isinstance(target, Tensor) else target.reshape(-1)
-    if subset is not None and subset < n_rows:
-        pick = torch.randperm(n_rows, generator=generator, device=generator.device if generator else "cpu")[:subset]
-        pick = torch.sort(pick.cpu()).values
+    if subset is not None and subset < n_rows:  # like lid_penalty: the first rows without a generator
+        pick = (torch.arange(subset) if generator is None else
+                torch.sort(torch.randperm(n_rows, generator=generator, device=generator.device)[:subset].cpu()).values)
         rows = rows[pick]
         target = target[pick] if isinstance(target, Tensor) else target
         sigma = sigma.reshape(-1)[pick] if isinstance(sigma, Tensor) else sigma

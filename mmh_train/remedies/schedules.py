@@ -119,9 +119,17 @@ class PenaltySchedule:
                 "point_sigma": self.point_sigma.clone()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restores :meth:`state_dict`; refuses a state of the other mode or another training set's size."""
+        saved = state.get("point_target")
+        saved_n = 0 if saved is None else len(saved)
+        if saved_n != len(self.point_target):
+            mode = lambda n: f"per point over {n} points" if n else "global"  # noqa: E731
+            raise ValueError(f"this penalty state was saved {mode(saved_n)}, but the schedule is "
+                             f"{mode(len(self.point_target))}; build PenaltySchedule with the same n_points (and the "
+                             f"controller with the same per_point) as the run that saved it.")
         self.activated_at, self.target = state["activated_at"], state["target"]
-        if "point_target" in state:
-            self.point_target = state["point_target"].clone()
+        if saved is not None:
+            self.point_target = saved.clone()
             self.point_sigma = state["point_sigma"].clone()
 
 

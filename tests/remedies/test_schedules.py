@@ -76,3 +76,16 @@ def test_per_point_targets_follow_the_noise_level_that_decided_each_verdict():
     value = penalty_on_rows(collapse, x, sigma, rows, target, 1.0, n_probes=None)
     expected = ((6.0 - 2.0 / 0.64) + (4.0 - 0.09 / 0.09)) / 3
     assert float(value) == pytest.approx(expected, rel=1e-5)
+
+
+def test_bad_uses_of_the_per_point_penalty_fail_early_and_leave_the_global_rng_alone():
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
+    guard = MemorizationGuard(MemorizationMonitor(x, sigma=1.0, reference=None),
+                              penalty=PenaltySchedule(n_points=6))
+    with pytest.raises(ValueError, match="indices=index"):  # before any point is flagged, not later
+        guard.penalty(lambda y, s: 0.0 * y, x, 1)
+    with pytest.raises(ValueError, match="saved global, but the schedule is per point over 6 points"):
+        PenaltySchedule(n_points=6).load_state_dict(PenaltySchedule().state_dict())
+    state = torch.random.get_rng_state()
+    penalty_on_rows(lambda y, s: 0.0 * y, x, 1.0, torch.arange(6), 9.0, 1.0, n_probes=None, subset=2)
+    assert torch.equal(state, torch.random.get_rng_state())
