@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import torch
 from diffusers import DDPMScheduler
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 
 import mmh_train
@@ -32,6 +32,7 @@ from mmh_train.models import NullLabelDefault
 from mmh_train.neighbors import knn
 from mmh_train.quality import mmd_rbf, sliced_wasserstein
 from mmh_train.sampling import sample
+from resume import ResumeState, latest_version, resumed_logger
 
 OBJECTIVES = ("ddpm", "rectified_flow")
 
@@ -252,7 +253,9 @@ class ProgressLines(pl.Callback):
 
 
 def make_trainer(train: TrainConfig, callbacks: list[pl.Callback], run_dir: Path) -> pl.Trainer:
-    loggers = {"csv": lambda: CSVLogger(run_dir, name="logs"), "tensorboard": lambda: TensorBoardLogger(run_dir, name="logs"),
+    # a resumed run continues its own log directory instead of starting version_1 beside it
+    loggers = {"csv": lambda: resumed_logger(run_dir, train.resume),
+               "tensorboard": lambda: TensorBoardLogger(run_dir, name="logs", version=latest_version(run_dir, train.resume)),
                "none": lambda: False}
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", every_n_train_steps=train.checkpoint_every,
                                  save_last=True, save_top_k=-1)
@@ -340,16 +343,20 @@ def copy_control(train_x: Tensor, heldout_x: Tensor) -> Optional[Tensor]:
 def fit_variant(name: str, make_module, loader, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,
                 train_x: Tensor, heldout_x: Tensor, run_dir: Path, *, truth: Optional[Tensor] = None,
                 use_remedies: bool = True):
-    """Trains one variant in ``run_dir/name``; returns (module, callbacks, seconds)."""
+    """Trains one variant in ``run_dir/name``; returns (module, callbacks, seconds, trainer).
+
+    Resuming (``train.resume``) continues the uninterrupted run: the checkpoint carries the global RNG states
+    and the seconds trained so far (:class:`resume.ResumeState`), and the logs continue in their directory.
+    """
     pl.seed_everything(train.seed, workers=True, verbose=False)
     variant_dir = run_dir / name
     callbacks = make_callbacks(monitor, remedies, train_x, heldout_x, variant_dir, truth=truth,
                                use_remedies=use_remedies)
     module = make_module()
-    trainer = make_trainer(train, callbacks, variant_dir)
-    start = time.perf_counter()
+    state = ResumeState()
+    trainer = make_trainer(train, [*callbacks, state], variant_dir)
     trainer.fit(module, loader, ckpt_path=train.resume)
-    return module, callbacks, time.perf_counter() - start, trainer
+    return module, callbacks, state.seconds, trainer
 
 
 @dataclass

@@ -72,13 +72,34 @@ def test_toy_as_a_rectified_flow(tmp_path):
     assert_report(tmp_path, variants=("remedied",))
 
 
-def test_toy_resume_continues_the_run(tmp_path):
-    args = [*TINY_TOY, "remedies.compare=false", "remedies.early_stopping=false"]
-    assert toy.main([f"out_dir={tmp_path / 'a'}", *args, "train.steps=30"]) == 0
-    checkpoint = next((tmp_path / "a" / "remedied" / "checkpoints").glob("*step=30*.ckpt"))
-    assert toy.main([f"out_dir={tmp_path / 'b'}", *args, f"train.resume={checkpoint}"]) == 0
-    audit = (tmp_path / "b" / "remedied" / "mmh_audit.csv").read_text().splitlines()[0]
-    assert "lid@step30" in audit and "lid@step60" in audit  # the history from before the checkpoint goes on
+def test_toy_resume_reproduces_the_uninterrupted_run(tmp_path):
+    """Stopped at step 30 and resumed from that checkpoint into the same folder: the weights at step 60 equal
+    the uninterrupted run's bitwise, one log directory holds the metrics of both parts, and the training
+    seconds count both parts."""
+    import torch
+
+    args = [*TINY_TOY, "remedies.compare=false", "remedies.early_stopping=false", "train.logger=csv"]
+    assert toy.main([f"out_dir={tmp_path / 'whole'}", *args]) == 0
+    assert toy.main([f"out_dir={tmp_path / 'parts'}", *args, "train.steps=30"]) == 0
+    first = (tmp_path / "parts" / "summary.txt").read_text()
+    checkpoint = next((tmp_path / "parts" / "remedied" / "checkpoints").glob("*step=30*.ckpt"))
+    assert toy.main([f"out_dir={tmp_path / 'parts'}", *args, f"train.resume={checkpoint}"]) == 0
+
+    def weights(run):
+        path = next((tmp_path / run / "remedied" / "checkpoints").glob("*step=60*.ckpt"))
+        return torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+
+    whole, parts = weights("whole"), weights("parts")
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
+    logs = sorted(p.name for p in (tmp_path / "parts" / "remedied" / "logs").iterdir())
+    assert logs == ["version_0"]
+    assert (tmp_path / "parts" / "remedied" / "logs" / "version_0" / "metrics.csv").is_file()
+    audit = (tmp_path / "parts" / "remedied" / "mmh_audit.csv").read_text().splitlines()[0]
+    assert "lid@step30" in audit and "lid@step60" in audit  # the monitor's history goes on
+    train_seconds = lambda run: float(next(line for line in (tmp_path / run / "summary.txt").read_text().splitlines()  # noqa: E731
+                                           if line.startswith("remedied")).split()[-1])
+    assert train_seconds("parts") > float(next(line for line in first.splitlines()
+                                               if line.startswith("remedied")).split()[-1])  # both parts counted
 
 
 def test_digits_class_conditional_end_to_end(tmp_path):
