@@ -9,6 +9,8 @@ put in eval mode (and restore afterwards).
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from typing import Any, Callable
 
 import torch
@@ -86,8 +88,7 @@ class CallableDenoiser(Denoiser):
         return self.fn(x, sigma.to(device=x.device, dtype=dtype))
 
     def modules(self) -> list[nn.Module]:
-        owner = self.fn if isinstance(self.fn, nn.Module) else getattr(self.fn, "__self__", None)
-        return [owner] if isinstance(owner, nn.Module) else []
+        return modules_inside(self.fn)
 
 
 class NetworkDenoiser(Denoiser):
@@ -144,7 +145,7 @@ class NetworkDenoiser(Denoiser):
         return self.schedule.velocity_to_denoiser(out, y, level)  # type: ignore[attr-defined]
 
     def modules(self) -> list[nn.Module]:
-        return [self.network] if isinstance(self.network, nn.Module) else []
+        return modules_inside(self.network)
 
     def check_sigma(self, sigma: Tensor) -> None:
         self.schedule.check_sigma(sigma)
@@ -187,7 +188,40 @@ class EDMDenoiser(Denoiser):
         return broadcast_to_batch(c_skip, x) * x + broadcast_to_batch(c_out, x) * network_output_tensor(f_x).to(x.dtype)
 
     def modules(self) -> list[nn.Module]:
-        return [self.network] if isinstance(self.network, nn.Module) else []
+        return modules_inside(self.network)
+
+
+def modules_inside(fn: Any) -> list[nn.Module]:
+    """The ``nn.Module``\\ s a callable evaluates, as far as they can be found without running it.
+
+    The callable itself when it is a module; the owner of a bound method; the function and arguments of a
+    ``functools.partial``; modules held in a function's closure (``lambda y, t: net(y, t)`` finds ``net``),
+    recursively. The estimators switch what is found to eval mode for a call and restore it afterwards; a
+    module reached only through a global name is not found.
+    """
+    found: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 3:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            found.append(obj)
+        elif isinstance(obj, functools.partial):
+            for part in (obj.func, *obj.args, *obj.keywords.values()):
+                visit(part, depth + 1)
+        elif inspect.ismethod(obj):
+            visit(obj.__self__, depth + 1)
+        elif inspect.isfunction(obj):
+            for cell in obj.__closure__ or ():
+                try:
+                    visit(cell.cell_contents, depth + 1)
+                except ValueError:  # an empty cell
+                    continue
+
+    visit(fn, 0)
+    return found
 
 
 def as_denoiser(denoiser: Any) -> Denoiser:

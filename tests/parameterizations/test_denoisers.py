@@ -175,3 +175,28 @@ def test_diffusers_unet_output_object_is_unwrapped():
     with torch.no_grad():
         out = den(x, torch.full((2,), 0.2, dtype=torch.float64))
     assert out.shape == x.shape and out.dtype == x.dtype and torch.isfinite(out).all()
+
+
+def test_a_network_inside_a_plain_function_is_found_and_put_in_eval_mode_for_the_estimate():
+    """The plain-loop pattern `lambda y, t: net(...)`: BatchNorm must use its running statistics during FLIPD
+    (eval mode) and be back in train mode afterwards, with its running statistics untouched."""
+    import functools
+
+    import mmh_train
+    from diffusers import DDPMScheduler
+    from mmh_train.parameterizations.denoisers import modules_inside
+
+    net = torch.nn.Sequential(torch.nn.Linear(5, 16), torch.nn.BatchNorm1d(16), torch.nn.Linear(16, 4))
+    wrapped = lambda y, t: net(torch.cat([y, t[:, None].float() / 1000], 1))  # noqa: E731
+    assert modules_inside(wrapped) == [net]
+    assert modules_inside(functools.partial(lambda n, y, t: n(y), net)) == [net]
+    assert modules_inside(lambda x, s: 0.0 * x) == []
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    x = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    den = mmh_train.diffusers_denoiser(wrapped, DDPMScheduler())
+    lid = mmh_train.flipd(den, x, 0.5)
+    net.eval()
+    expected = mmh_train.flipd(den, x, 0.5)  # what eval mode reads
+    net.train()
+    torch.testing.assert_close(lid, expected)
+    assert net.training and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
