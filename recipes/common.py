@@ -125,6 +125,21 @@ def validate(train: TrainConfig, monitor: MonitorConfig, remedies: RemedyConfig)
             raise ConfigError(f"train.resume={train.resume} does not exist; pass a .ckpt file of this run.")
         if remedies.compare and any_remedy(remedies):
             raise ConfigError("train.resume continues one model; set remedies.compare=false to resume.")
+        check_checkpoint(train.resume)
+
+
+def check_checkpoint(path: str) -> None:
+    """A Lightning checkpoint of a run (weights, loops, callbacks), read once before any work."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: name it, not the unpickler's internals
+        raise ConfigError(f"train.resume={path} cannot be read as a checkpoint ({type(error).__name__}: "
+                          f"{str(error)[:120]}); it may be truncated (a run killed while saving). Pass an earlier "
+                          f"checkpoint of the run, e.g. <run>/<variant>/checkpoints/step=N.ckpt.") from None
+    missing = [key for key in ("state_dict", "loops", "callbacks") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ConfigError(f"train.resume={path} is not a Lightning checkpoint of a recipe run (missing "
+                          f"{', '.join(missing)}); pass a .ckpt file from <run>/<variant>/checkpoints/.")
 
 
 def check_ranges(bounds: dict[str, tuple[Any, float]]) -> None:
