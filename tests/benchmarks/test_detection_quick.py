@@ -21,8 +21,12 @@ def test_quick_run_writes_every_row(run_quick):
     assert result["quick"] is True and result["seeds"] == [0] and "--quick" in result["command"]
     assert result["headline"] in script.MMH_SCORES
 
-    datasets = ("toy", "digits")
-    rows = {(r["dataset"], r["scenario"], r["score"]): r for r in result["rows"]}
+    datasets = ("toy", "digits", "digits32")
+    every = {(r["dataset"], r["scenario"], r["score"]): r for r in result["rows"]}
+    rows = {key: r for key, r in every.items() if "|" not in key[1]}
+    pieces = {key: r for key, r in every.items() if "|" in key[1]}  # toy only: within each piece of the mixture
+    assert pieces and {key[0] for key in pieces} == {"toy"}
+    assert {key[1].split("|")[0] for key in pieces} == {"few", "mid", "duplicated"}
     scenario_only = {"pooled": {"from_few_run"}, "duplicated": {"is_duplicated"}}  # context scores of one scenario
     assert set(rows) == {(d, s, k) for d in datasets for s in script.SCENARIOS
                          for k in (*script.SCORES, *scenario_only.get(s, ()))}
@@ -63,5 +67,5 @@ def test_quick_run_writes_every_row(run_quick):
     assert all(g["met"] in (True, False, None) for g in result["goal_status"])
 
     for text in ("command:", "seeds:", "AUROC", "TPR@1%FPR", "DD prec", "OD rec", "goals", "toy/pooled",
-                 "digits/conditional"):
+                 "digits/conditional", "digits32/few"):
         assert text in printed, text
