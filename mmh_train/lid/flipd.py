@@ -19,6 +19,7 @@ from ..context import estimator_context, fell_back, network_precision, remember_
 from ..jacobian import EXACT_MAX_DIM, TraceEstimate, jacobian_trace
 from ..parameterizations import Denoiser
 from ._prepare import output_checker, prepare_denoiser_call
+from .per_sample import check_per_sample
 
 __all__ = ["FlipdEstimate", "flipd", "flipd_estimate", "flipd_from_denoiser_terms", "trace_of_denoiser"]
 
@@ -130,6 +131,7 @@ def flipd_estimate(
     den, sigma_b = prepare_denoiser_call(denoiser, x, sigma, n_probes=n_probes, probe=probe, mode=mode,
                                          precision=precision, chunk_size=chunk_size, generator=generator)
     with estimator_context(den.modules(), eval_mode=eval_mode), torch.no_grad():
+        check_per_sample(den, x, sigma_b)
         est = trace_of_denoiser(den, x, sigma_b, precision=precision, mode=mode, generator=generator,
                                 n_probes=n_probes, probe=probe, chunk_size=chunk_size, exact_max_dim=exact_max_dim)
         acc = est.trace.dtype

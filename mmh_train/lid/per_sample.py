@@ -1,0 +1,63 @@
+"""The estimators' assumption, checked once per network: each output row depends on its own input row only.
+
+FLIPD traces ∂D(x)_b/∂x_b per sample. A denoiser that mixes the batch — BatchNorm in train mode, a
+``y + y.mean(0)`` — still returns finite numbers, but wrong ones. The check changes the last row of a batch
+and asks whether any other row of the output moved; it costs two forward passes, once per network (or per
+plain callable), and runs inside the estimator's context (eval mode for the modules it can see).
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._prepare import output_checker
+
+__all__ = ["check_per_sample"]
+
+_CHECKED_MODULES: "weakref.WeakSet[Any]" = weakref.WeakSet()
+_CHECKED_CALLABLES: set[int] = set()
+#: Relative change of the untouched rows that counts as mixing (far above float rounding between two calls).
+TOLERANCE = 1e-4
+
+
+def check_per_sample(denoiser: Any, x: Tensor, sigma: Tensor) -> None:
+    """Raises ``ValueError`` when changing row B−1 of ``x [B, ...]`` changes rows 0..B−2 of ``denoiser(x, σ)``.
+
+    Done once per network (the denoiser's modules) or, for a plain callable, once per callable; needs B ≥ 2.
+    """
+    if x.shape[0] < 2:
+        return
+    modules = denoiser.modules()
+    if modules:
+        if all(m in _CHECKED_MODULES for m in modules):
+            return
+    elif id(denoiser) in _CHECKED_CALLABLES:
+        return
+    with torch.no_grad():
+        try:
+            out = denoiser(x, sigma)
+        except RuntimeError:  # e.g. half-precision weights that need autocast: the estimator's own path handles it
+            return
+        output_checker(x, allow_dtype_change=True)(out)  # a wrong shape is named at this first call
+        moved = x.clone()
+        moved[-1] = x[-1] + x.detach().float().std().clamp(min=1e-3).to(x.dtype) + 1
+        out_moved = denoiser(moved, sigma)
+    kept = out[:-1].float()
+    change = float((out_moved[:-1].float() - kept).abs().max())
+    scale = float(kept.abs().max()) + 1e-6
+    if change > TOLERANCE * scale:
+        raise ValueError(f"the denoiser mixes the samples of a batch: changing only the last of {x.shape[0]} inputs "
+                         f"moved the other outputs by up to {change:.3g} (of {scale:.3g}). FLIPD needs each output "
+                         f"to depend on its own input only. Typical causes: BatchNorm in train mode inside a function "
+                         f"that hides the network (pass the module itself, e.g. mmh_train.diffusers_denoiser(unet, "
+                         f"scheduler), so the estimator can put it in eval mode), or an operation across the batch "
+                         f"such as y.mean(0).")
+    if modules:
+        for module in modules:
+            _CHECKED_MODULES.add(module)
+    else:
+        _CHECKED_CALLABLES.add(id(denoiser))
