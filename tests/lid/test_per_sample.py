@@ -24,7 +24,8 @@ def test_batchnorm_in_train_mode_behind_a_function_is_refused_and_the_fix_is_nam
     _HIDDEN.train()
     with pytest.raises(ValueError, match="pass the module itself"):
         flipd(_through_a_global, X, 0.3)
-    assert flipd(lambda x, s: _HIDDEN(x), X, 0.3).shape == (6,)  # a visible module: eval mode, per sample
+    net = _HIDDEN
+    assert flipd(lambda x, s: net(x), X, 0.3).shape == (6,)  # held by the closure: seen, eval mode, per sample
     assert _HIDDEN.training
 
 
