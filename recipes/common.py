@@ -295,12 +295,24 @@ def remedy_notes(callbacks: list[pl.Callback]) -> dict[str, str]:
                 if cb.dd_factor is not None else ""
             notes["reweighting"] = f"{n_groups} duplicate groups ({n_dup} points) weigh one sample each{extra}"
         elif isinstance(cb, LIDPenaltyController):
-            notes["penalty"] = (f"on from step {cb.activated_at} (target LID {cb.target:.2f}, weight {cb.weight:g})"
-                                if cb.activated_at is not None else "never switched on (no OD above the threshold)")
+            notes["penalty"] = penalty_note(cb)
         elif isinstance(cb, MemorizationEarlyStopping):
             notes["early_stopping"] = (cb.stopping_reason_message or "did not stop") + \
                 ("; best weights restored" if cb.stopping_reason_message and cb.best_weights is not None else "")
     return notes
+
+
+def penalty_note(controller: LIDPenaltyController) -> str:
+    """What the LID penalty did, in words: when it switched on, on which points, aiming at what."""
+    schedule = controller.schedule
+    if schedule.activated_at is None:
+        return "never switched on (no point labelled OD)" if controller.per_point else \
+            "never switched on (no OD above the threshold)"
+    if controller.per_point:
+        targets = schedule.point_target[torch.isfinite(schedule.point_target)]
+        return (f"on from step {schedule.activated_at} for the {len(targets)} points labelled OD, each aimed at its "
+                f"held-out null (median {float(targets.median()):.2f}; weight {controller.weight:g})")
+    return f"on from step {schedule.activated_at} (target LID {schedule.target:.2f}, weight {controller.weight:g})"
 
 
 def variant_result(name: str, module: Diffusion, callbacks: list[pl.Callback], train: TrainConfig,
