@@ -202,8 +202,10 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
     out.append(B("img", "LID over training", href=PLOT_FILES["lid_over_training"]))
     versus = ("the LID_θ of its nearest held-out probes (the held-out null)"
               if any(v.rule == "heldout_null" for v in record.variants) else "LID*")
+    levels = (" Both axes are at the primary (largest) noise level; the labels weigh every level, so a point near "
+              "the diagonal here can be labelled from a smaller σ." if "held-out null" in versus else "")
     out.append(B("p", f"LID_θ at the final check (the restored one, if any) against {versus} for every training "
-                      "probe, coloured by label (none grey, OD red, DD blue); the dashed line is y = x."))
+                      f"probe, coloured by label (none grey, OD red, DD blue); the dashed line is y = x.{levels}"))
     out.append(B("img", f"LID_θ vs {versus} per training probe", href=PLOT_FILES["lid_scatter"]))
     if record.kind == "vectors":
         what = ("Training points (black circles, drawn on top; duplicated ones boxed in blue) and generated samples (orange; copies as red "
