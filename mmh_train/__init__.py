@@ -18,7 +18,7 @@ from .lid import (
 )
 from .copies import CopyReport, detect_copies, nearest_neighbour_ratio
 from .memorized import MemorizedPoints, memorized_points
-from .integrations import MemorizationGuard, MemorizationStopper
+from .integrations import MemorizationGuard, MemorizationStopper, raw_network
 from .memorization import LABEL_NAMES, MemorizationLabels, classify_memorization, collapse_score
 from .monitor import CheckResult, MemorizationMonitor
 from .parameterizations import (
@@ -39,5 +39,5 @@ __all__ = [
     "MemorizationStopper", "MemorizedPoints", "memorized_points", "classify_memorization", "collapse_score", "detect_copies", "nearest_neighbour_ratio",
     "Denoiser", "MemorizerDenoiser", "as_denoiser", "decoder_jacobian_lid", "diffusers_denoiser", "edm_denoiser",
     "flipd", "flipd_at_knee", "flipd_curve", "flipd_estimate", "flow_matching_denoiser", "memorizer_flipd",
-    "normal_bundle_lid", "rectified_flow_denoiser", "reference_lid", "ve_denoiser", "vp_denoiser",
+    "normal_bundle_lid", "raw_network", "rectified_flow_denoiser", "reference_lid", "ve_denoiser", "vp_denoiser",
 ]

@@ -87,8 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     optimizer = torch.optim.Adam(unet.parameters(), lr=cfg.train.lr)
     unet, optimizer, loader = accelerator.prepare(unet, optimizer, loader)
 
-    def denoiser():  # the raw module: JVPs through DDP or accelerate's autocast wrapper would fail
-        return mmh_train.diffusers_denoiser(accelerator.unwrap_model(unet, keep_fp32_wrapper=False), scheduler)
+    def denoiser():  # the network without DDP and without accelerate's autocast wrapper, the model left as it is
+        return mmh_train.diffusers_denoiser(mmh_train.raw_network(unet), scheduler)
 
     # ------------------------------------------------------------ mmh_train: monitor and remedies
     m, r = cfg.monitor, cfg.remedies

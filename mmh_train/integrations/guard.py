@@ -9,7 +9,10 @@
         if guard.should_stop:
             break
 
-``denoiser`` must wrap the raw module: ``accelerator.unwrap_model(model, keep_fp32_wrapper=False)``.
+``denoiser`` wraps the network as :func:`~mmh_train.raw_network` sees it:
+``mmh_train.diffusers_denoiser(mmh_train.raw_network(model), noise_scheduler)``; it unwraps DDP and
+``torch.compile`` and bypasses accelerate's mixed-precision wrapper without removing it from the model that
+trains (``accelerator.unwrap_model(model, keep_fp32_wrapper=False)`` removes it for good: never use it here).
 """
 
 from __future__ import annotations

@@ -34,8 +34,10 @@ def diffusers_denoiser(model: Callable[..., Any], scheduler: Any, *, continuous_
     as rectified flow with data at t = 0 and network time t·``num_train_timesteps``.
 
     Args:
-        model: called as ``model(sample, timestep, **network_kwargs)``; pass the raw module, not a
-            DDP/accelerate wrapper (``accelerator.unwrap_model(model, keep_fp32_wrapper=False)``).
+        model: called as ``model(sample, timestep, **network_kwargs)``. For a DDP/accelerate/compile-wrapped
+            model pass ``mmh_train.raw_network(model)``, which leaves the training model as it is (never
+            ``accelerator.unwrap_model(model, keep_fp32_wrapper=False)``: it strips accelerate's
+            mixed-precision wrapper from the model for good).
         scheduler: the diffusers scheduler the model was trained with.
         continuous_timesteps: pass fractional timesteps for the exact σ (default) or snap σ to the
             scheduler's integer timesteps.
