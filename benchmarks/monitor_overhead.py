@@ -76,7 +76,7 @@ class Config:
     steps_per_epoch: int = 500
     epochs: int = 4
     step_cadence: int = 100  # the monitor_steps row
-    sigma: float = 0.17
+    sigma: Any = 0.17  # or "auto": the monitor's default, three levels from the spacing
     penalty_target: float = 4.0
     repeats: int = 4
     seed: int = 0
@@ -351,6 +351,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--steps-per-epoch", type=int, default=None, help="batches per epoch (default 500)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default 4)")
     p.add_argument("--step-cadence", type=int, default=None, help="every_n_steps of the monitor_steps row (default 100)")
+    p.add_argument("--sigma", default=None, help="the monitor's sigma: a number, or 'auto' (its default, 3 levels "
+                   "from the training set's spacing); default 0.17")
     p.add_argument("--configs", default=None,
                    help=f"comma-separated subset of {','.join(CONFIGS)} (plain is always run)")
     return p.parse_args(argv)
@@ -363,6 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("seed", "repeats", "steps_per_epoch", "epochs", "step_cadence"):
         if getattr(args, name) is not None:
             setattr(cfg, name, getattr(args, name))
+    if args.sigma is not None:
+        cfg.sigma = args.sigma if args.sigma == "auto" else float(args.sigma)
     names = list(CONFIGS)
     if args.configs:
         wanted = {n.strip() for n in args.configs.split(",")} | {"plain"}
