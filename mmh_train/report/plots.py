@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import math
+import textwrap
 
 import numpy as np
 import torch
@@ -206,6 +207,7 @@ def plot_lid_scatter(record: RunRecord) -> Figure:
     else:
         what = f"no {LID_STAR} recorded: x = first measured {LID_THETA}; below the diagonal = collapsed since"
         versus = LID_STAR
+    what = textwrap.fill(what, width=max(40, int(fig.get_figwidth() * 11)))  # one panel is narrow: wrap, never clip
     fig.suptitle(f"{LID_THETA} vs {versus} per training probe — {record.recipe}\n{what}", fontsize=10.5)
     fig.legend(handles=list(used.values()), loc="outside lower center", ncol=min(len(used), 4), fontsize=8.5,
                frameon=False)
