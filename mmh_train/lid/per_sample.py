@@ -18,8 +18,7 @@ from ._prepare import output_checker
 
 __all__ = ["check_per_sample"]
 
-_CHECKED_MODULES: "weakref.WeakSet[Any]" = weakref.WeakSet()
-_CHECKED_CALLABLES: set[int] = set()
+_CHECKED: "weakref.WeakSet[Any]" = weakref.WeakSet()  # networks (modules) and plain functions already checked
 #: Relative change of the untouched rows that counts as mixing (far above float rounding between two calls).
 TOLERANCE = 1e-4
 
@@ -31,11 +30,8 @@ def check_per_sample(denoiser: Any, x: Tensor, sigma: Tensor) -> None:
     """
     if x.shape[0] < 2:
         return
-    modules = denoiser.modules()
-    if modules:
-        if all(m in _CHECKED_MODULES for m in modules):
-            return
-    elif id(denoiser) in _CHECKED_CALLABLES:
+    keys = denoiser.modules() or [_function_of(denoiser)]
+    if all(_was_checked(key) for key in keys):
         return
     with torch.no_grad():
         try:
@@ -56,8 +52,21 @@ def check_per_sample(denoiser: Any, x: Tensor, sigma: Tensor) -> None:
                          f"that hides the network (pass the module itself, e.g. mmh_train.diffusers_denoiser(unet, "
                          f"scheduler), so the estimator can put it in eval mode), or an operation across the batch "
                          f"such as y.mean(0).")
-    if modules:
-        for module in modules:
-            _CHECKED_MODULES.add(module)
-    else:
-        _CHECKED_CALLABLES.add(id(denoiser))
+    for key in keys:
+        try:
+            _CHECKED.add(key)
+        except TypeError:  # not weak-referenceable: checked again next time, never mistaken for another
+            pass
+
+
+def _function_of(denoiser: Any) -> Any:
+    """What a denoiser without modules evaluates: the plain function it wraps (weakly referenced, never by id,
+    since ids of collected objects are reused)."""
+    return getattr(denoiser, "fn", None) or getattr(denoiser, "network", None) or denoiser
+
+
+def _was_checked(key: Any) -> bool:
+    try:
+        return key in _CHECKED
+    except TypeError:
+        return False

@@ -1,12 +1,22 @@
 """raw_network: a bf16 accelerate loop with the guard trains the same weights as without it, and the
 estimators see the network in fp32 without the model losing its mixed-precision wrapper."""
 
+import pytest
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from diffusers import DDPMScheduler, UNet2DModel
 
 import mmh_train
 from mmh_train.integrations.raw_network import ClassForward
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state: other tests may have set it up without mixed precision."""
+    AcceleratorState._reset_state(True)
+    yield
+    AcceleratorState._reset_state(True)
 
 
 def _unet():
