@@ -17,12 +17,16 @@ trains (``accelerator.unwrap_model(model, keep_fp32_wrapper=False)`` removes it 
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..audit import audit_csv
 from ..data.indexed import check_indices
+from ..io import write_text_atomic
 from ..distributed import DistributedOps, default_ops
 from ..monitor import CheckResult, MemorizationMonitor
 from ..parameterizations import as_denoiser
@@ -98,6 +102,21 @@ class MemorizationGuard:
                     net.load_state_dict(weights)
                 self.restored_step = self.stopper.best_step
         return result
+
+    def write_audit(self, path: str | os.PathLike) -> Path:
+        """Writes the per-sample audit table of the latest check to ``path`` (CSV, atomically; rank 0 only).
+
+        One row per probe: its LID_θ at every check, the verdict (label, score, p-value, rule), whether the
+        data duplicate it and its duplicate group (see :func:`mmh_train.audit.audit_csv`). Call it after
+        ``maybe_check`` returned a result, e.g. ``if guard.maybe_check(den, step): guard.write_audit(path)``.
+        """
+        if self.last_result is None:
+            raise RuntimeError("no check has run yet: call guard.maybe_check(...) first; the audit table is "
+                               "the per-sample record of the checks.")
+        path = Path(path)
+        if self._ops().rank == 0:
+            write_text_atomic(path, audit_csv(self.monitor, self.last_result))
+        return path
 
     def weighted_loss(self, per_sample_loss: Tensor, indices: Tensor | None) -> Tensor:
         """Σ w[index]·loss / B with the duplicate weights; the plain mean without them."""

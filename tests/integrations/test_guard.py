@@ -147,3 +147,22 @@ def test_stopper_on_lid_train_can_stop_by_default():
     assert stopper.update({"lid_train": 3.0}, 3) and stopper.best_step == 1
     with pytest.raises(ValueError, match="tolerance='sometimes'"):
         MemorizationStopper("lid_gap", tolerance="sometimes")
+
+
+def test_the_guard_writes_the_audit_table_of_its_latest_check(tmp_path):
+    import csv
+
+    from closed_forms import GaussianSubspace
+
+    gauss = GaussianSubspace(6, 2, [1.0, 1.0], seed=0)
+    train, heldout = gauss.sample(30, seed=1).float(), gauss.sample(30, seed=2).float()
+    guard = MemorizationGuard(MemorizationMonitor(train, heldout, every_n_steps=10))
+    with pytest.raises(RuntimeError, match="no check has run yet"):
+        guard.write_audit(tmp_path / "audit.csv")
+    den = lambda x, s: gauss.denoiser(x.double(), s.double()).float()  # noqa: E731
+    for step in range(1, 21):
+        guard.maybe_check(den, step)
+    path = guard.write_audit(tmp_path / "audit.csv")
+    rows = list(csv.DictReader(open(path)))
+    assert len(rows) == 60 and {"lid@step10", "lid@step20", "label", "score", "rule"} <= set(rows[0])
+    assert {r["rule"] for r in rows if r["split"] == "train"} == {"heldout_null"}
