@@ -16,17 +16,18 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
 
+from .check_result import CheckResult
 from .distributed import DistributedOps, default_ops
 from .lid.flipd import flipd
 from .lid.normal_bundle import normal_bundle_lid
 from .memorization import MemorizationLabels, classify_memorization, collapse_score
 from .parameterizations import as_denoiser
+from .probe_conditioning import ProbeConditioning
 from .probes import InputFn, choose_probe_indices, dataset_size, gather_points, interleave
 from .history import latest_measured
 from .reference_choice import ReferenceLID
@@ -43,37 +44,6 @@ Estimator = Callable[..., Tensor]
 MONITOR_EXACT_MAX_DIM = 64
 #: Named estimators; any callable ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]`` works too.
 ESTIMATORS: dict[str, Estimator] = {"flipd": flipd, "normal_bundle": normal_bundle_lid}
-
-
-@dataclass(frozen=True)
-class CheckResult:
-    """What one check measured, at the monitor's primary σ.
-
-    Attributes:
-        step, epoch: when the check ran.
-        train_index: ``[P]`` dataset indices of the training probes; ``heldout_index``: ``[Q]``.
-        lid_train: ``[P]`` latest LID_θ of each training probe (NaN if never measured yet).
-        lid_heldout: ``[Q]`` latest LID_θ of each held-out probe.
-        labels: OD/DD labels of the training probes, or ``None`` without a reference.
-        collapse: ``[P]`` drop of each probe's LID from its own early checks (NaN until enough checks).
-        n_measured: probes measured in this check (fewer than P + Q under a budget).
-        seconds: wall time of the check.
-        metrics: the scalars the callbacks log (keys without the ``mmh/`` prefix). ``lid_heldout`` and
-            ``lid_gap`` need held-out probes, ``od_fraction``/``dd_fraction`` a reference, ``collapse``
-            ``early_checks + 1`` checks; a metric that does not apply is absent.
-    """
-
-    step: int
-    epoch: int
-    train_index: Tensor
-    lid_train: Tensor
-    heldout_index: Tensor
-    lid_heldout: Tensor
-    labels: MemorizationLabels | None
-    collapse: Tensor
-    n_measured: int
-    seconds: float
-    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def _probe_seed(*parts: int) -> int:
@@ -126,6 +96,10 @@ class MemorizationMonitor:
         input_fn: maps a dataset item to its input tensor (default: the item, its first element, or a
             known dict key such as ``"x"``/``"pixel_values"``).
         distributed: collectives; default ``torch.distributed`` when initialized, else one process.
+        conditioning: each training point's own condition for a conditional model, ``{keyword: [N, ...]}``
+            per dataset index (``{"class_labels": labels}``, ``{"encoder_hidden_states": caption_embeddings}``);
+            each probe batch is measured as LID_θ(x | c) with ``denoiser.bind(**rows)``.
+            ``heldout_conditioning``: the same for the held-out points (needed with held-out data).
     """
 
     def __init__(self, train_data: Tensor | Sequence[Any], heldout_data: Tensor | Sequence[Any] | None = None, *,
@@ -137,7 +111,8 @@ class MemorizationMonitor:
                  reference: str | Tensor | None = "auto",
                  reference_options: dict[str, Any] | None = None, label_options: dict[str, Any] | None = None,
                  early_checks: int = 2, batch_size: int = 128, seed: int = 0, input_fn: InputFn | None = None,
-                 distributed: DistributedOps | None = None) -> None:
+                 distributed: DistributedOps | None = None, conditioning: dict[str, Tensor] | None = None,
+                 heldout_conditioning: dict[str, Tensor] | None = None) -> None:
         n_train = dataset_size(train_data)
         n_held = dataset_size(heldout_data) if heldout_data is not None else 0
         sigmas = check_sigma_argument(sigma)
@@ -160,6 +135,13 @@ class MemorizationMonitor:
         check_options(ESTIMATORS.get(estimator) if isinstance(estimator, str) else estimator, estimator,
                       estimator_options, label_options, self.rule)
         check_heldout_shape(train_data, heldout_data, input_fn)
+        self.conditioning = (ProbeConditioning(conditioning, heldout_conditioning, n_train=n_train, n_heldout=n_held,
+                                               has_heldout=len(self.heldout_index) > 0)
+                             if conditioning is not None else None)
+        if self.conditioning is not None:
+            self.conditioning.gather(self.train_index, self.heldout_index)
+        elif heldout_conditioning is not None:
+            raise ValueError("heldout_conditioning needs conditioning for the training points too.")
         self.train_data, self.heldout_data, self.input_fn = train_data, heldout_data, input_fn
         self.survey: DataSurvey | None = None
         if self.rule == "heldout_null" or not sigmas:  # one pass over the data, before any training
@@ -250,9 +232,10 @@ class MemorizationMonitor:
             if b % ops.world_size != ops.rank:  # whole batches per rank: probes do not depend on the rank count
                 continue
             x = self.points()[batch].to(device)
+            den = self.conditioning.bind(denoiser, batch, device) if self.conditioning is not None else denoiser
             for s, sigma in enumerate(self.sigmas):
                 generator = torch.Generator(device=device).manual_seed(_probe_seed(self.seed, check_index, b, s))
-                lid = self.estimator(denoiser, x, sigma, generator=generator, **self.estimator_options)
+                lid = self.estimator(den, x, sigma, generator=generator, **self.estimator_options)
                 values[s, batch] = lid.detach().to("cpu", torch.float64)
             counted[batch] = 1.0
             mine += len(batch)

@@ -202,13 +202,17 @@ class Diffusion(MemorizationMixin, pl.LightningModule):
 
 # ---------------------------------------------------------------- callbacks and trainer
 def make_callbacks(monitor: MonitorConfig, remedies: RemedyConfig, train_x: Tensor, heldout_x: Tensor, run_dir: Path,
-                   *, truth: Optional[Tensor] = None, use_remedies: bool = True) -> list[pl.Callback]:
+                   *, truth: Optional[Tensor] = None, use_remedies: bool = True,
+                   conditioning: Optional[dict] = None) -> list[pl.Callback]:
+    """The monitor (each probe measured with its own condition when ``conditioning`` holds
+    ``{"train": {...}, "heldout": {...}}`` keyword tensors per dataset index) and the remedies switched on."""
     if monitor.reference == "truth" and truth is None:
         raise ConfigError("monitor.reference='truth' needs data with known LID (the toy recipe); use 'auto'.")
     options = {} if monitor.n_probes is None else {"n_probes": monitor.n_probes}
     callbacks: list[pl.Callback] = [LIDMonitor(
         train_x, heldout_x, **monitor_options(monitor, truth), n_train_probes=monitor.n_train_probes,
-        n_heldout_probes=monitor.n_heldout_probes, estimator_options=options, audit_path=run_dir / "mmh_audit.csv")]
+        n_heldout_probes=monitor.n_heldout_probes, estimator_options=options, audit_path=run_dir / "mmh_audit.csv",
+        conditioning=(conditioning or {}).get("train"), heldout_conditioning=(conditioning or {}).get("heldout"))]
     if use_remedies and remedies.reweight:
         callbacks.append(DuplicateReweighting(train_x, dd_factor=remedies.dd_factor))
     if use_remedies and remedies.penalty:
@@ -369,7 +373,7 @@ def copy_control(train_x: Tensor, heldout_x: Tensor) -> Optional[Tensor]:
 
 def fit_variant(name: str, make_module, loader, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,
                 train_x: Tensor, heldout_x: Tensor, run_dir: Path, *, truth: Optional[Tensor] = None,
-                use_remedies: bool = True):
+                use_remedies: bool = True, conditioning: Optional[dict] = None):
     """Trains one variant in ``run_dir/name``; returns (module, callbacks, seconds, trainer).
 
     Resuming (``train.resume``) continues the uninterrupted run: the checkpoint carries the global RNG states
@@ -378,7 +382,7 @@ def fit_variant(name: str, make_module, loader, monitor: MonitorConfig, remedies
     pl.seed_everything(train.seed, workers=True, verbose=False)
     variant_dir = run_dir / name
     callbacks = make_callbacks(monitor, remedies, train_x, heldout_x, variant_dir, truth=truth,
-                               use_remedies=use_remedies)
+                               use_remedies=use_remedies, conditioning=conditioning)
     module = make_module()
     state = ResumeState()
     trainer = make_trainer(train, [*callbacks, state], variant_dir)
@@ -398,12 +402,13 @@ class Run:
 
 
 def train_variants(make_module, loader, *, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,
-                   train_x: Tensor, heldout_x: Tensor, run_dir: Path, truth: Optional[Tensor] = None) -> list[Run]:
+                   train_x: Tensor, heldout_x: Tensor, run_dir: Path, truth: Optional[Tensor] = None,
+                   conditioning: Optional[dict] = None) -> list[Run]:
     """A baseline without remedies (when remedies are on and ``compare``), then, when early stopping is one of
     several remedies, a variant with early stopping alone (what the others add beyond stopping shows
     against it), then the main variant."""
     common = dict(monitor=monitor, remedies=remedies, train=train, train_x=train_x, heldout_x=heldout_x,
-                  run_dir=run_dir, truth=truth)
+                  run_dir=run_dir, truth=truth, conditioning=conditioning)
     runs = []
     if any_remedy(remedies) and remedies.compare:
         runs.append(Run("baseline", *fit_variant("baseline", make_module, loader, use_remedies=False, **common)))

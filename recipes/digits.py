@@ -53,8 +53,9 @@ class DigitsConfig:
     remedies: RemedyConfig = field(default_factory=RemedyConfig)  # monitor only; turn remedies on by key
 
 
-def split_digits(cfg: DigitsConfig) -> tuple[DigitsData, torch.Tensor, torch.Tensor]:
-    """The training subset (with optional duplicates), and every other digit as held-out images."""
+def split_digits(cfg: DigitsConfig) -> tuple[DigitsData, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training subset (with optional duplicates), every other digit as held-out images, which training
+    images are duplicates, and the held-out images' labels."""
     everything = load_digits(size=cfg.data.size)
     order = torch.randperm(len(everything.labels), generator=torch.Generator().manual_seed(cfg.train.seed))
     train_idx, held_idx = order[:cfg.data.n_train], order[cfg.data.n_train:]
@@ -65,7 +66,7 @@ def split_digits(cfg: DigitsConfig) -> tuple[DigitsData, torch.Tensor, torch.Ten
                                                generator=torch.Generator().manual_seed(cfg.train.seed + 1))
         images, labels, duplicated = dup.x, labels[dup.source], dup.duplicated
     train = DigitsData(images=images, labels=labels, index=torch.arange(len(images)))
-    return train, everything.images[held_idx], duplicated
+    return train, everything.images[held_idx], duplicated, everything.labels[held_idx]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     run_dir = start_run(cfg)
 
-    train, heldout, duplicated = split_digits(cfg)
+    train, heldout, duplicated, heldout_labels = split_digits(cfg)
     loader = DataLoader(DigitsDataset(train), batch_size=cfg.train.batch_size, shuffle=True)
     num_classes = 10 if cfg.model.class_conditional else None
 
@@ -92,8 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         return Diffusion(net, objective=cfg.train.objective, lr=cfg.train.lr, max_timestep=cfg.train.max_timestep,
                          num_classes=num_classes)
 
+    # a class-conditional model is watched as LID_θ(x | c): each probe with its own label
+    conditioning = ({"train": {"class_labels": train.labels}, "heldout": {"class_labels": heldout_labels}}
+                    if num_classes else None)
     runs = train_variants(make_module, loader, monitor=cfg.monitor, remedies=cfg.remedies, train=cfg.train,
-                          train_x=train.images, heldout_x=heldout, run_dir=run_dir)
+                          train_x=train.images, heldout_x=heldout, run_dir=run_dir, conditioning=conditioning)
     if not runs[-1].trainer.is_global_zero:
         return 0
 

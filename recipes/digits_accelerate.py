@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         start_run(cfg)
 
     # ------------------------------------------------------------ data, model, optimizer
-    train, heldout, duplicated = split_digits(cfg)
+    train, heldout, duplicated, _ = split_digits(cfg)
     loader = DataLoader(DigitsDataset(train), batch_size=cfg.train.batch_size, shuffle=True)
     unet = small_unet(cfg.data.size, 1, channels=tuple(cfg.model.channels), attention=cfg.model.attention)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
