@@ -13,8 +13,8 @@ from typing_extensions import override
 from mmh_train.probes import dataset_size, gather_points
 from mmh_train.remedies import AdaptiveDuplicateWeights, DistributedWeightedSampler, find_duplicate_groups
 
-from .lid_monitor import LIDMonitor
 from .mixin import require_mixin
+from .runtime import guard_for
 
 __all__ = ["DuplicateReweighting"]
 
@@ -22,7 +22,8 @@ __all__ = ["DuplicateReweighting"]
 class DuplicateReweighting(Callback):
     """Finds duplicate groups in the training set once and gives each group a total weight.
 
-    The weights reach training as per-sample loss weights through
+    The weights are the guard's (:func:`~mmh_train.callbacks.guard_of`): the monitor's checks down-weight
+    DD-labelled groups there. They reach training as per-sample loss weights through
     :meth:`MemorizationMixin.mmh_weighted_loss` (default; DDP-trivial), or as a sampler:
     build the train loader with :meth:`sampler` and ``Trainer(use_distributed_sampler=False)``.
 
@@ -47,7 +48,7 @@ class DuplicateReweighting(Callback):
         self.group_weight, self.cap, self.dd_factor, self.seed = group_weight, cap, dd_factor, seed
         self.adaptive: AdaptiveDuplicateWeights | None = None
         self._sampler: DistributedWeightedSampler | None = None
-        self._last_check_step: int | None = None
+        self._pushed: Tensor | None = None  # the weights the sampler draws with
 
     @property
     @override
@@ -72,36 +73,30 @@ class DuplicateReweighting(Callback):
         """A weighted sampler drawing the same sequence on every rank from ``seed`` and keeping its shard."""
         if self._sampler is None:
             self._sampler = DistributedWeightedSampler(self.weights, num_samples, seed=self.seed)
+            self._pushed = self.weights
         return self._sampler
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         require_mixin(pl_module, "DuplicateReweighting")
-        pl_module._mmh_sample_weights = self.weights
-        for callback in trainer.callbacks:
-            if isinstance(callback, LIDMonitor):
-                callback.duplicate_groups = self._ensure().groups.group
+        guard_for(trainer, pl_module).attach(weights=self._ensure())
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, LIDMonitor)), None)
-        result = monitor.last_result if monitor is not None else None
-        if result is None or result.step == self._last_check_step:
-            return
-        self._last_check_step = result.step
-        if self._ensure().update(result):
-            pl_module._mmh_sample_weights = self.weights
-            if self._sampler is not None:
-                self._sampler.set_weights(self.weights)
+        if self._sampler is not None and self._pushed is not self.weights:
+            self._push()  # the guard down-weighted DD groups at a check
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        return {**self._ensure().state_dict(), "last_check_step": self._last_check_step}
+        return self._ensure().state_dict()
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._ensure().load_state_dict(state_dict)
-        self._last_check_step = state_dict["last_check_step"]
         if self._sampler is not None:
-            self._sampler.set_weights(self.weights)
+            self._push()
+
+    def _push(self) -> None:
+        self._sampler.set_weights(self.weights)
+        self._pushed = self.weights

@@ -11,9 +11,9 @@ from lightning.pytorch.callbacks import Callback
 from torch import Tensor
 from typing_extensions import override
 
-from mmh_train.io import write_text_atomic
-from mmh_train.audit import audit_csv
 from mmh_train.monitor import CheckResult, MemorizationMonitor
+
+from .runtime import guard_for
 
 __all__ = ["LIDMonitor"]
 
@@ -22,6 +22,9 @@ DenoiserFn = Callable[["pl.LightningModule"], Any]
 
 class LIDMonitor(Callback):
     """Measures LID_θ on training and held-out probes while the model trains, and labels memorization.
+
+    The check runs in the module's guard (:func:`~mmh_train.callbacks.guard_of`), which feeds the remedy
+    callbacks' parts and the stopper; when the stopper says stop, this callback stops the Trainer.
 
     Logs ``mmh/lid_train``, ``mmh/lid_heldout``, ``mmh/lid_gap``, ``mmh/collapse`` and, with a reference,
     ``mmh/od_fraction`` and ``mmh/dd_fraction``; writes the per-sample audit table (CSV) atomically after
@@ -48,8 +51,7 @@ class LIDMonitor(Callback):
         self.monitor = MemorizationMonitor(train_data, heldout_data, **monitor_options)
         self.denoiser_fn = denoiser_fn
         self.audit_path = audit_path
-        self.last_result: CheckResult | None = None
-        self.duplicate_groups: Tensor | None = None  # filled by DuplicateReweighting when present
+        self.guard = None
 
     @property
     @override
@@ -58,12 +60,22 @@ class LIDMonitor(Callback):
         return self._generate_state_key(sigma=m.sigmas, seed=m.seed, n_train_probes=len(m.train_index),
                                         n_heldout_probes=len(m.heldout_index))
 
+    @property
+    def last_result(self) -> CheckResult | None:
+        """The latest check's result (None before the first)."""
+        return self.guard.last_result if self.guard is not None else None
+
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         if self.denoiser_fn is None and not callable(getattr(pl_module, "denoiser", None)):
             raise TypeError(f"LIDMonitor needs the model as a denoiser: define `def denoiser(self)` on "
                             f"{type(pl_module).__name__} returning e.g. mmh_train.diffusers_denoiser(self.unet, "
                             f"self.scheduler), or pass denoiser_fn=lambda module: ....")
+        self.guard = guard_for(trainer, pl_module).attach(monitor=self.monitor)
+
+    @override
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.guard.validate()  # every callback has attached its part by now
 
     def _denoiser(self, pl_module: "pl.LightningModule") -> Any:
         return self.denoiser_fn(pl_module) if self.denoiser_fn is not None else pl_module.denoiser()
@@ -75,29 +87,29 @@ class LIDMonitor(Callback):
             return Path(self.audit_path)
         return Path(trainer.log_dir or trainer.default_root_dir) / "mmh_audit.csv"
 
-    def _after_check(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", result: CheckResult, *,
-                     epoch_end: bool = False) -> None:
-        self.last_result = result
+    def _check(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", *, epoch_end: bool) -> None:
+        if trainer.sanity_checking:
+            return
+        result = self.guard.maybe_check(self._denoiser(pl_module), trainer.global_step, epoch=trainer.current_epoch,
+                                        epoch_end=epoch_end)
+        if result is None:
+            return
         for name, value in result.metrics.items():  # Lightning allows only epoch-level logs at epoch end
             pl_module.log(f"mmh/{name}", float(value), sync_dist=True, on_step=not epoch_end, on_epoch=epoch_end)
         path = self._audit_file(trainer)
-        if path is not None and trainer.is_global_zero:
-            write_text_atomic(path, audit_csv(self.monitor, result, self.duplicate_groups))
+        if path is not None:
+            self.guard.write_audit(path)
+        if self.guard.should_stop:
+            trainer.should_stop = True
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        step = trainer.global_step
-        if self.monitor.should_check(step) and step not in self.monitor.steps:
-            self._after_check(trainer, pl_module, self.monitor.check(self._denoiser(pl_module), step,
-                                                                      epoch=trainer.current_epoch))
+        self._check(trainer, pl_module, epoch_end=False)
 
     @override
     def on_train_epoch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        step, epoch = trainer.global_step, trainer.current_epoch
-        if self.monitor.should_check(step, epoch=epoch, epoch_end=True) and step not in self.monitor.steps:
-            self._after_check(trainer, pl_module, self.monitor.check(self._denoiser(pl_module), step, epoch=epoch),
-                              epoch_end=True)
+        self._check(trainer, pl_module, epoch_end=True)
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -105,6 +117,7 @@ class LIDMonitor(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.monitor.load_state_dict(state_dict)
-        if self.monitor.history:
-            self.last_result = self.monitor.result()
+        if self.guard is None:  # loaded outside a fit: the monitor alone
+            self.monitor.load_state_dict(state_dict)
+        else:
+            self.guard.load_part_state("monitor", state_dict)

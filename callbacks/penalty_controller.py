@@ -5,16 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
-from torch import Tensor
 from typing_extensions import override
 
-from mmh_train.probes import dataset_size
 from mmh_train.remedies import PenaltySchedule
 
-from .lid_monitor import LIDMonitor
 from .mixin import require_mixin
+from .runtime import guard_for
 
 __all__ = ["LIDPenaltyController"]
 
@@ -22,7 +19,8 @@ __all__ = ["LIDPenaltyController"]
 class LIDPenaltyController(Callback):
     """Configures :meth:`MemorizationMixin.mmh_lid_penalty` and sets its weight over training.
 
-    The weight is 0 until the :class:`LIDMonitor` reports an OD fraction above ``od_threshold`` (or from
+    The schedule lives in the module's guard (:func:`~mmh_train.callbacks.guard_of`), which the monitor's
+    checks update. The weight is 0 until the :class:`LIDMonitor` reports an OD fraction above ``od_threshold`` (or from
     the start with ``always_on``), then ramps linearly to ``max_weight`` over ``ramp_steps`` steps
     (:class:`mmh_train.remedies.PenaltySchedule`).
 
@@ -44,19 +42,17 @@ class LIDPenaltyController(Callback):
         super().__init__()
         self.per_point = per_point
         self.schedule = PenaltySchedule(max_weight=max_weight, od_threshold=od_threshold, ramp_steps=ramp_steps,
-                                        always_on=always_on, target=target)
-        self.sigma, self.n_probes, self.subset, self.seed = sigma, n_probes, subset, seed
-        self.weight = 0.0
-        self._generator: torch.Generator | None = None
-        self._generator_state: Tensor | None = None
-        self._rank = 0
+                                        always_on=always_on, target=target, per_point=per_point)
+        self.options = {"penalty_sigma": sigma, "penalty_probes": n_probes, "penalty_subset": subset, "seed": seed}
+        self.guard = None
+        self._step = 0
 
     @property
     @override
     def state_key(self) -> str:
         s = self.schedule
-        return self._generate_state_key(max_weight=s.max_weight, od_threshold=s.od_threshold, sigma=self.sigma,
-                                        per_point=self.per_point)
+        return self._generate_state_key(max_weight=s.max_weight, od_threshold=s.od_threshold,
+                                        sigma=self.options["penalty_sigma"], per_point=self.per_point)
 
     @property
     def activated_at(self) -> int | None:
@@ -66,13 +62,15 @@ class LIDPenaltyController(Callback):
     def target(self) -> float | None:
         return self.schedule.target
 
-    def generator(self, device: torch.device) -> torch.Generator:
-        """The per-rank probe generator (one stream for the whole run, restored on resume)."""
-        if self._generator is None:
-            self._generator = torch.Generator(device=device).manual_seed(self.seed + self._rank)
-            if self._generator_state is not None:
-                self._generator.set_state(self._generator_state)
-        return self._generator
+    @property
+    def sigma(self) -> float | None:
+        """The penalty's noise level (the monitor's primary σ unless given)."""
+        return self.guard.penalty_sigma if self.guard is not None else self.options["penalty_sigma"]
+
+    @property
+    def weight(self) -> float:
+        """The weight at the latest step the Trainer reached."""
+        return self.schedule.weight(self._step)
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
@@ -81,47 +79,26 @@ class LIDPenaltyController(Callback):
             raise TypeError(f"LIDPenaltyController measures LID through the model as a denoiser: define `def "
                             f"denoiser(self)` on {type(pl_module).__name__} returning e.g. "
                             f"mmh_train.diffusers_denoiser(self.unet, self.noise_scheduler).")
-        pl_module._mmh_penalty = self
-        self._rank = trainer.global_rank
-        monitor = next((cb.monitor for cb in trainer.callbacks if isinstance(cb, LIDMonitor)), None)
-        if self.sigma is None:
-            if monitor is None:
-                raise ValueError("LIDPenaltyController(sigma=None) takes the LIDMonitor's primary σ; add an LIDMonitor "
-                                 "or pass sigma=<noise level>.")
-            self.sigma = monitor.sigmas[0]
-        if self.per_point and self.schedule.point_target.numel() == 0:
-            if monitor is None:
-                raise ValueError("LIDPenaltyController(per_point=True) acts on the points an LIDMonitor labels OD; "
-                                 "add an LIDMonitor.")
-            self.schedule = PenaltySchedule(max_weight=self.schedule.max_weight, od_threshold=self.schedule.od_threshold,
-                                            ramp_steps=self.schedule.ramp_steps, target=self.schedule.target,
-                                            always_on=self.schedule.activated_at == 0,
-                                            n_points=dataset_size(monitor.train_data))
-        if (self.schedule.target is None and not self.per_point
-                and not any(isinstance(cb, LIDMonitor) and cb.monitor.labels_anything for cb in trainer.callbacks)):
-            raise ValueError("LIDPenaltyController(target=None) takes the target from an LIDMonitor's reference LID*; "
-                             "add LIDMonitor(..., reference='data') or pass target=<the data's LID>.")
-        self.weight = self.schedule.weight(trainer.global_step)
+        self.guard = guard_for(trainer, pl_module).attach(penalty=self.schedule, **self.options)
 
     @override
-    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
-        # after a resume the schedule was restored after setup: the first step must already carry its weight
-        self.weight = self.schedule.weight(trainer.global_step)
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.guard.validate()  # every callback has attached its part by now
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        monitor = next((cb for cb in trainer.callbacks if isinstance(cb, LIDMonitor)), None)
-        self.schedule.update(monitor.last_result if monitor is not None else None)
-        self.weight = self.schedule.weight(trainer.global_step)
+        self._step = trainer.global_step
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        state = self._generator.get_state() if self._generator is not None else None
-        return {**self.schedule.state_dict(), "generator_state": state}
+        if self.guard is None:
+            return self.schedule.state_dict()
+        return self.guard.part_state("penalty")
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.schedule.load_state_dict(state_dict)
-        self._generator_state = state_dict.get("generator_state")
-        self._generator = None
+        if self.guard is None:  # loaded outside a fit: the schedule alone
+            self.schedule.load_state_dict(state_dict)
+        else:
+            self.guard.load_part_state("penalty", state_dict)

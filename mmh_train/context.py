@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-__all__ = ["PRECISIONS", "estimator_context", "preserve_global_rng", "preserve_torch_rng", "network_precision", "fell_back", "remember_fallback",
+__all__ = ["PRECISIONS", "estimator_context", "preserve_global_rng", "seed_global_rng", "preserve_torch_rng", "network_precision", "fell_back", "remember_fallback",
            "warn_precision_fallback"]
 
 #: Precision policies for the network during estimation; accumulation is always fp32 (or fp64).
@@ -38,6 +38,15 @@ def preserve_torch_rng() -> Iterator[None]:
     cuda = [torch.cuda.current_device()] if torch.cuda.is_available() and torch.cuda.is_initialized() else []
     with torch.random.fork_rng(devices=cuda):
         yield
+
+
+def seed_global_rng(seed: int) -> None:
+    """Seeds torch's CPU RNG, NumPy's and Python's ``random`` (inside :func:`preserve_global_rng` only)."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.random.default_generator.manual_seed(seed)
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from ._checks import check_choice, check_positive_int
+from .history import latest_measured
 
 __all__ = [
     "LABEL_NAMES", "NONE", "OD", "DD",
@@ -245,9 +246,7 @@ def collapse_score(history: Tensor, *, early_checks: int = 2) -> Tensor:
     rank = torch.cumsum(measured.long(), dim=0)  # 1-based position among the point's measured values
     early = measured & (rank <= early_checks)
     baseline = torch.where(early, history, torch.zeros_like(history)).sum(0) / early_checks
-    checks = torch.arange(history.shape[0], device=history.device).unsqueeze(1)
-    last = torch.where(measured, checks, torch.full_like(checks, -1)).amax(0).clamp(min=0)
-    current = history.gather(0, last.unsqueeze(0)).squeeze(0)
+    current = latest_measured(history)
     score = (baseline - current) / baseline.abs().clamp(min=1.0)
     enough = measured.sum(0) >= early_checks + 1
     return torch.where(enough, score, torch.full_like(score, math.nan))

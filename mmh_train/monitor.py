@@ -144,8 +144,9 @@ class MemorizationMonitor:
             raise ValueError("heldout_conditioning needs conditioning for the training points too.")
         self.train_data, self.heldout_data, self.input_fn = train_data, heldout_data, input_fn
         self.survey: DataSurvey | None = None
+        self._survey_options = survey_options
         if self.rule == "heldout_null" or not sigmas:  # one pass over the data, before any training
-            self.survey = survey_training_data(train_data, self.train_index, input_fn=input_fn, **survey_options)
+            self.data_survey()
             if not sigmas:
                 sigmas = sigma_grid(self.survey.spacing)
         self.sigmas, self.seed, self.batch_size, self.early_checks = sigmas, seed, batch_size, early_checks
@@ -183,6 +184,17 @@ class MemorizationMonitor:
         if not self.should_check(step, epoch=epoch, epoch_end=epoch_end) or step in self.steps:
             return None
         return self.check(denoiser, step, epoch=epoch)
+
+    def data_survey(self) -> DataSurvey:
+        """The one streamed pass over the training set (comparison view, duplicate groups, spacing), made once.
+
+        Its duplicate groups are the ones the verdicts call DD and the ones ``MemorizationGuard(weights=
+        "survey")`` reweights: one answer for "which points are copies" across the library.
+        """
+        if self.survey is None:
+            self.survey = survey_training_data(self.train_data, self.train_index, input_fn=self.input_fn,
+                                               **self._survey_options)
+        return self.survey
 
     # ------------------------------------------------------------------ measuring
     @property
@@ -283,7 +295,13 @@ class MemorizationMonitor:
 
     def reference_lid(self) -> Tensor | None:
         """``[P]`` LID* of the training probes (computed once, then cached), or ``None``."""
-        return self.reference.for_probes(self)
+        return self._reference_for_probes()
+
+    def _reference_for_probes(self, latest: Tensor | None = None) -> Tensor | None:
+        n = dataset_size(self.train_data)
+        return self.reference.for_probes(train_index=self.train_index, probes=self.points(), n_train=n, latest=latest,
+                                         training_points=lambda: gather_points(self.train_data, torch.arange(n),
+                                                                               self.input_fn))
 
     def result(self, *, n_measured: int = 0, seconds: float = 0.0, at_step: int | None = None) -> CheckResult:
         """Labels and metrics from the history as it stands (primary σ).
@@ -305,7 +323,7 @@ class MemorizationMonitor:
         bad = self.nonfinite[upto - 1] if len(self.nonfinite) >= upto else torch.zeros(self.n_probes, dtype=torch.bool)
         latest[bad] = math.nan  # a probe that just went non-finite keeps no earlier value
         lid_train, lid_heldout = latest[:P], latest[P:]
-        reference = self.reference.for_probes(self, latest=latest)
+        reference = self._reference_for_probes(latest)
         # Held-out neighbours are never duplicates of a training point: that reference cannot show DD-Mem.
         options = {"detect_dd": self.reference.kind != "heldout", **self.label_options}
         # After a healthy check, a check where every probe went non-finite has nothing to label: its metrics

@@ -7,12 +7,14 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from .context import preserve_global_rng
+from .context import preserve_global_rng, seed_global_rng
 
-__all__ = ["InputFn", "default_input", "dataset_size", "gather_points", "choose_probe_indices", "interleave"]
+__all__ = ["PROBE_VIEW_SEED", "InputFn", "default_input", "dataset_size", "gather_points", "choose_probe_indices", "interleave"]
 
 #: Maps one dataset item to its model input tensor.
 InputFn = Callable[[Any], Tensor]
+#: The seed of the one fixed draw of a dataset's augmentation that the monitor reads (see :func:`gather_points`).
+PROBE_VIEW_SEED = 0
 _INPUT_KEYS = ("x", "image", "images", "pixel_values", "input", "sample")
 
 
@@ -44,15 +46,22 @@ def dataset_size(data: Tensor | Sequence[Any]) -> int:
 def gather_points(data: Tensor | Sequence[Any], indices: Tensor, input_fn: InputFn | None = None) -> Tensor:
     """The model inputs of ``data`` at ``indices`` as one float tensor ``[len(indices), ...]`` on the CPU.
 
-    Items of a dataset are read with the global RNGs preserved: random augmentations in ``__getitem__``
-    must not shift the training run's random stream.
+    Items of a dataset are read as one fixed draw of its augmentation: the global RNGs (torch, NumPy,
+    Python) are reseeded with :data:`PROBE_VIEW_SEED` before every item and restored afterwards. So a
+    dataset with random augmentation (a random flip or crop in ``__getitem__``) gives the monitor the same
+    probes at every read, copies in the data stay copies (every item gets the same random numbers: one
+    flip flips them all), and the training run's random stream is not shifted. For a view without any
+    augmentation pass the dataset built without it, or ``input_fn`` that undoes it.
     """
     if isinstance(data, Tensor):
         return data[indices.to(data.device)].detach().cpu()
     fn = input_fn or default_input
+    points = []
     with preserve_global_rng():
-        points = [fn(data[int(i)]) for i in indices]
-    return torch.stack([torch.as_tensor(p) for p in points]).detach().cpu()
+        for i in indices.tolist():
+            seed_global_rng(PROBE_VIEW_SEED)
+            points.append(torch.as_tensor(fn(data[int(i)])))
+    return torch.stack(points).detach().cpu()
 
 
 def choose_probe_indices(n_total: int, n_probes: int, generator: torch.Generator, *, name: str) -> Tensor:

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
 from .lid.reference import reference_lid
 from .neighbors import knn
-from .probes import dataset_size, gather_points
-
-if TYPE_CHECKING:
-    from .monitor import MemorizationMonitor
 
 __all__ = ["ReferenceLID", "REFERENCE_KINDS"]
 
@@ -46,32 +42,35 @@ class ReferenceLID:
         self.cached: Tensor | None = None
         self._neighbours: Tensor | None = None
 
-    def for_probes(self, monitor: "MemorizationMonitor", latest: Tensor | None = None) -> Tensor | None:
-        """``[P]`` float LID* of the training probes (``latest``: the latest LID of every probe, for "heldout")."""
+    def for_probes(self, *, train_index: Tensor, probes: Tensor, n_train: int,
+                   training_points: Callable[[], Tensor], latest: Tensor | None = None) -> Tensor | None:
+        """``[P]`` float LID* of the training probes.
+
+        Args:
+            train_index: ``[P]`` dataset indices of the training probes.
+            probes: ``[P + Q, ...]`` the probes' inputs, training probes first.
+            n_train: the training set's size.
+            training_points: returns every training point ``[N, ...]`` (called once, for ``"data"``).
+            latest: ``[P + Q]`` the latest LID_θ of every probe (for ``"heldout"``).
+        """
         if self.kind is None:
             return None
+        P = len(train_index)
         if isinstance(self.kind, Tensor):
-            if self.kind.shape[0] != dataset_size(monitor.train_data):
+            if self.kind.shape[0] != n_train:
                 raise ValueError(f"the known reference has {self.kind.shape[0]} entries but the training set has "
-                                 f"{dataset_size(monitor.train_data)} points; give one LID per training index.")
-            return self.kind[monitor.train_index].float()
+                                 f"{n_train} points; give one LID per training index.")
+            return self.kind[train_index].float()
         if self.kind == "data":
             if self.cached is None:
-                every = torch.arange(dataset_size(monitor.train_data))
-                data = gather_points(monitor.train_data, every, monitor.input_fn)
-                probes = monitor.points()[: len(monitor.train_index)]
-                self.cached = reference_lid(data.float(), probes.float(), **self.options).float()
+                self.cached = reference_lid(training_points().float(), probes[:P].float(), **self.options).float()
             return self.cached
-        return self._heldout_neighbours_lid(monitor, latest)
-
-    def _heldout_neighbours_lid(self, monitor: "MemorizationMonitor", latest: Tensor | None) -> Tensor:
-        P = len(monitor.train_index)
         if self._neighbours is None:
-            points = monitor.points().float()
-            k = min(self.options.get("k", 5), len(monitor.heldout_index))
+            points = probes.float()
+            k = min(self.options.get("k", 5), len(points) - P)
             self._neighbours = knn(points[P:], points[:P], k, exclude_self=False)[1]
         if latest is None:
-            latest = torch.full((monitor.n_probes,), float("nan"))
+            latest = torch.full((len(probes),), float("nan"))
         return latest[P:][self._neighbours].nanmean(1)
 
     def state_dict(self) -> dict[str, Any]:

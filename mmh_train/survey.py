@@ -26,7 +26,7 @@ from torch import Tensor
 
 from .neighbors import knn
 from .probes import InputFn, gather_points
-from .remedies.duplicate_groups import DuplicateGroups, find_duplicate_groups
+from .remedies.duplicate_groups import DuplicateGroups, find_duplicate_groups, first_members, join_groups
 from .views import comparison_view
 
 __all__ = ["DataSurvey", "survey_training_data", "near_duplicate_groups", "sigma_grid", "SPACING_FRACTIONS"]
@@ -65,7 +65,7 @@ def near_duplicate_groups(view: Tensor, *, near_ratio: float = 0.02, k: int = 10
     exact = find_duplicate_groups(view)
     if near_ratio == 0 or exact.n_groups < 3:
         return exact
-    reps = view[_first_members(exact)]
+    reps = view[first_members(exact)]
     kk = min(k, exact.n_groups - 1)
     dist, index = knn(reps, None, kk)
     scale = dist[:, -1].clamp(min=0.1 * float(dist[:, -1].median()))
@@ -73,25 +73,8 @@ def near_duplicate_groups(view: Tensor, *, near_ratio: float = 0.02, k: int = 10
     if not bool(close.any()):
         return exact
     rows, cols = torch.nonzero(close, as_tuple=True)
-    parent = torch.arange(exact.n_groups)  # union-find over the exact groups, joined by the close pairs
-    for a, b in zip(rows.tolist(), index[rows, cols].tolist()):  # few pairs: near-copies are rare
-        ra, rb = _root(parent, a), _root(parent, b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = torch.tensor([_root(parent, g) for g in range(exact.n_groups)])
-    return find_duplicate_groups(roots[exact.group].float()[:, None])
-
-
-def _first_members(groups: DuplicateGroups) -> Tensor:
-    """``[G]`` the lowest index of each group."""
-    first = torch.full((groups.n_groups,), len(groups), dtype=torch.long)
-    return first.scatter_reduce_(0, groups.group, torch.arange(len(groups)), reduce="amin")
-
-
-def _root(parent: Tensor, i: int) -> int:
-    while int(parent[i]) != i:
-        i = int(parent[i])
-    return i
+    first = first_members(exact)  # the pairs link groups: join their first members
+    return join_groups(exact, first[rows], first[index[rows, cols]])
 
 
 def sigma_grid(spacing: float, fractions: Sequence[float] = SPACING_FRACTIONS) -> list[float]:

@@ -26,11 +26,10 @@ from torch import Tensor, nn
 
 import mmh_train
 from mmh_train.callbacks import (DuplicateReweighting, LIDMonitor, LIDPenaltyController, MemorizationEarlyStopping,
-                                 MemorizationMixin)
+                                 MemorizationMixin, guard_of)
 from mmh_train.config import ConfigError
 from mmh_train.models import NullLabelDefault
-from mmh_train.neighbors import knn
-from mmh_train.quality import mmd_rbf, sliced_wasserstein
+from mmh_train.report import copy_control, guard_notes, variant_from_monitor
 from mmh_train.sampling import sample
 from resume import ResumeState, latest_version, resumed_logger
 
@@ -287,88 +286,28 @@ def make_trainer(train: TrainConfig, callbacks: list[pl.Callback], run_dir: Path
 
 
 # ---------------------------------------------------------------- results for the report
-def remedy_notes(callbacks: list[pl.Callback]) -> dict[str, str]:
-    """What each remedy did, in words, for the report."""
-    notes = {}
-    for cb in callbacks:
-        if isinstance(cb, DuplicateReweighting):
-            groups = cb.adaptive.groups
-            n_dup = int(groups.duplicated.sum())
-            n_groups = int(groups.group[groups.duplicated].unique().numel())
-            extra = f"; {int(cb.adaptive.downweighted.sum())} points in DD-labelled groups down-weighted" \
-                if cb.dd_factor is not None else ""
-            notes["reweighting"] = f"{n_groups} duplicate groups ({n_dup} points) weigh one sample each{extra}"
-        elif isinstance(cb, LIDPenaltyController):
-            notes["penalty"] = penalty_note(cb)
-        elif isinstance(cb, MemorizationEarlyStopping):
-            notes["early_stopping"] = (cb.stopping_reason_message or "did not stop") + \
-                ("; best weights restored" if cb.stopping_reason_message and cb.best_weights is not None else "")
-    return notes
-
-
-def penalty_note(controller: LIDPenaltyController) -> str:
-    """What the LID penalty did, in words: when it switched on, on which points, aiming at what."""
-    schedule = controller.schedule
-    if schedule.activated_at is None:
-        return "never switched on (no point labelled OD)" if controller.per_point else \
-            "never switched on (no OD above the threshold)"
-    if controller.per_point:
-        targets = schedule.point_target[torch.isfinite(schedule.point_target)]
-        return (f"on from step {schedule.activated_at} for the {len(targets)} points labelled OD, each aimed at its "
-                f"held-out null (median {float(targets.median()):.2f}; weight {controller.weight:g})")
-    return f"on from step {schedule.activated_at} (target LID {schedule.target:.2f}, weight {controller.weight:g})"
-
-
 def variant_result(name: str, module: Diffusion, callbacks: list[pl.Callback], train: TrainConfig,
                    train_x: Tensor, heldout_x: Tensor, seconds: float):
-    """Samples the trained model and gathers what the report shows for it (Lightning runs)."""
-    monitor_cb = next(cb for cb in callbacks if isinstance(cb, LIDMonitor))
-    restored = next((cb.restored_step for cb in callbacks if isinstance(cb, MemorizationEarlyStopping)), None)
-    return result_from_monitor(name, module.denoiser(), monitor_cb.monitor, monitor_cb.last_result,
-                               remedy_notes(callbacks), train, train_x, heldout_x, seconds, restored_step=restored)
+    """Samples the trained model and gathers what the report shows for it (Lightning runs): the module's guard
+    holds the monitor and what each remedy did."""
+    guard = guard_of(module)
+    return result_from_monitor(name, module.denoiser(), guard.monitor, guard_notes(guard), train, train_x, heldout_x,
+                               seconds, restored_step=guard.restored_step)
 
 
-def result_from_monitor(name: str, denoiser: Any, monitor: mmh_train.MemorizationMonitor, result: Any,
-                        notes: dict[str, str], train: TrainConfig, train_x: Tensor, heldout_x: Tensor, seconds: float,
+def result_from_monitor(name: str, denoiser: Any, monitor: mmh_train.MemorizationMonitor, notes: dict[str, str],
+                        train: TrainConfig, train_x: Tensor, heldout_x: Tensor, seconds: float,
                         *, restored_step: Optional[int] = None):
-    """Samples ``denoiser`` and packs the monitor's history, copies (with the held-out control) and quality for
-    the report. With ``restored_step`` (early stopping loaded that check's weights back) the labels and
-    metrics are read as they stood at that check, so they describe the weights that are sampled."""
-    from mmh_train.report import VariantResult
-
-    if restored_step is not None:
-        result = monitor.result(at_step=restored_step)
-    history = monitor.history_tensor()[:, 0, :]
-    P = len(monitor.train_index)
+    """Samples ``denoiser`` and packs it for the report (:func:`mmh_train.report.variant_from_monitor`)."""
     # σ from 80 down to 0.02: inside the DDPM table's range [0.01, 157], and any range suits a flow.
     generated = sample(denoiser, (train.n_samples, *train_x.shape[1:]), steps=train.sample_steps,
                        sigma_min=0.02, sigma_max=80.0, generator=torch.Generator().manual_seed(train.seed + 1))
-    copies = mmh_train.detect_copies(generated, train_x, control=copy_control(train_x, heldout_x))
-    quality = {"sliced_wasserstein": sliced_wasserstein(generated, heldout_x),
-               "mmd": mmd_rbf(generated[:1000], heldout_x[:1000])}
-    labels = result.labels if result is not None else None
-    return VariantResult(
-        name=name, steps=torch.tensor(monitor.steps), lid_train=history[:, :P], lid_heldout=history[:, P:],
-        train_index=monitor.train_index, lid_ref=labels.lid_ref if labels else None,
-        labels=labels.label if labels else None, od_gap=labels.od_gap if labels else None, samples=generated,
-        copy_score=copies.score, copy_nearest=copies.nearest, copy_rate=copies.copy_rate, quality=quality,
-        metrics=dict(result.metrics) if result else {}, remedies=notes, train_seconds=seconds,
-        copy_control_rate=copies.control_rate, copy_excess_interval=copies.excess_interval,
-        restored_step=restored_step, rule=labels.rule if labels else "reference",
-        score=labels.score if labels else None)
-
-
-def copy_control(train_x: Tensor, heldout_x: Tensor) -> Optional[Tensor]:
-    """The held-out points as the copy test's control, without any that equal a training point (a folder
-    may hold one image twice, once on each side of the split); None when nothing is held out."""
-    if not len(heldout_x):
-        return None
-    distance, _ = knn(train_x.flatten(1), heldout_x.flatten(1), 1)
-    unseen = distance[:, 0] > 0
-    if not bool(unseen.all()):
-        print(f"note: {int((~unseen).sum())} held-out points equal a training point; the copy control leaves "
-              f"them out.")
-    return heldout_x[unseen] if bool(unseen.any()) else None
+    control = copy_control(train_x, heldout_x)
+    if control is not None and len(control) < len(heldout_x):
+        print(f"note: {len(heldout_x) - len(control)} held-out points equal a training point; the copy control "
+              f"leaves them out.")
+    return variant_from_monitor(name, monitor, generated, train_x, heldout_x, notes=notes, seconds=seconds,
+                                restored_step=restored_step)
 
 
 def fit_variant(name: str, make_module, loader, monitor: MonitorConfig, remedies: RemedyConfig, train: TrainConfig,

@@ -27,10 +27,9 @@ import mmh_train
 from common import (MonitorConfig, RemedyConfig, TrainConfig, exit_after, monitor_options, result_from_monitor, start_run,
                     write_run_report)
 from digits import DataConfig, ModelConfig, split_digits
-from mmh_train.audit import audit_csv
 from mmh_train.config import ConfigError, load_config
 from mmh_train.data import DigitsDataset
-from mmh_train.io import write_text_atomic
+from mmh_train.report import guard_notes
 from mmh_train.models import small_unet
 from mmh_train.remedies import AdaptiveDuplicateWeights, PenaltySchedule, find_duplicate_groups
 
@@ -127,8 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         optimizer.step()
         optimizer.zero_grad()
         result = guard.maybe_check(denoiser(), progress.step)  # every process, same steps
-        if result is not None and accelerator.is_main_process:
-            write_text_atomic(run_dir / "model" / "mmh_audit.csv", audit_csv(monitor, result, groups.group))
+        if result is not None:
+            guard.write_audit(run_dir / "model" / "mmh_audit.csv")  # rank 0 writes
             accelerator.print(f"step {progress.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
         if progress.step % cfg.train.checkpoint_every == 0:
             accelerator.save_state(str(run_dir / "checkpoints" / f"step_{progress.step}"))
@@ -138,16 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------ report
     if not accelerator.is_main_process:
         return 0
-    notes = {}
-    if guard.stopper is not None:
-        notes["early_stopping"] = (f"stopped at step {guard.stopper.stopped_step}: {guard.stopper.reason}"
-                                   if guard.should_stop else "did not stop")
-    if guard.schedule is not None:
-        notes["penalty"] = (f"on from step {guard.schedule.activated_at}" if guard.schedule.activated_at is not None
-                            else "never switched on")
-    if guard.weights is not None:
-        notes["reweighting"] = f"{int(groups.duplicated.sum())} duplicated points in weighted groups"
-    variant = result_from_monitor("model", denoiser(), monitor, guard.last_result, notes, cfg.train, train.images,
+    variant = result_from_monitor("model", denoiser(), monitor, guard_notes(guard), cfg.train, train.images,
                                   heldout, seconds, restored_step=guard.restored_step)
     return write_run_report(run_dir, cfg, recipe="digits_accelerate", kind="images", train_x=train.images,
                             heldout_x=heldout, variants=[variant], duplicated=duplicated)

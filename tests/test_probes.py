@@ -56,3 +56,40 @@ def test_probe_choice_is_seeded_and_interleaving_mixes_both_sets():
     order = interleave(4, 2)
     assert sorted(order.tolist()) == list(range(6))
     assert set(order[:3].tolist()) & {4, 5}  # a held-out probe among the first half
+
+
+class RandomlyFlipped(Dataset):
+    """Images with a random horizontal flip in __getitem__ (diffusers' --random_flip) and a numpy jitter draw."""
+
+    def __init__(self, images):
+        self.images = images
+
+    def __len__(self):
+        return len(self.images)
+
+    def __getitem__(self, i):
+        image = self.images[i]
+        if torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        shift = float(np.random.uniform(-1, 1)) * 0.0 + random.random() * 0.0  # draws, and changes nothing
+        return {"input": image + shift}
+
+
+def test_random_augmentation_does_not_change_probes_duplicates_or_the_training_stream():
+    """Duplicate groups and probes come from one fixed draw of the augmentation: the same at every read, with
+    copies kept as copies (9 of 9 draws, where reading through the training transform found them 5–8 times)."""
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(40, 1, 6, 6, generator=g)
+    images[[5, 17, 29]] = images[3].clone()  # a group of four copies, each flipped at random in training
+    data = RandomlyFlipped(images)
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    groups, probes = [], []
+    for _ in range(9):
+        torch.manual_seed(123)
+        monitor = MemorizationMonitor(data, n_train_probes=8, every_n_steps=1)
+        assert torch.equal(torch.rand(3), expected)  # the training run's stream is untouched
+        groups.append(monitor.survey.groups.group)
+        probes.append(monitor.points())
+    assert all(torch.equal(g, groups[0]) for g in groups) and all(torch.equal(p, probes[0]) for p in probes)
+    assert len(set(groups[0][[3, 5, 17, 29]].tolist())) == 1 and int(groups[0].bincount().max()) == 4

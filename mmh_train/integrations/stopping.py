@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 __all__ = ["MemorizationStopper", "METRIC_MODES", "DEFAULT_TOLERANCE", "default_tolerance"]
 
@@ -84,18 +84,20 @@ class MemorizationStopper:
             return f"{self.monitor} did not improve for {self.wait_count} checks (best {self.best:.4g})"
         return None
 
-    def update(self, metrics: dict[str, float], step: int, distributed: Any = None) -> bool:
+    def update(self, metrics: Mapping[str, Any], step: int, distributed: Any = None) -> bool:
         """Feeds one check's metrics; returns True (on every rank) when training should stop.
 
         Args:
-            metrics: ``CheckResult.metrics``; a missing metric (not available yet) is skipped.
+            metrics: ``CheckResult.metrics``, or Lightning's ``trainer.callback_metrics`` (``mmh/`` keys, tensor
+                values), like ``EarlyStopping`` reads them; a missing metric (not available yet) is skipped.
             step: the training step of the check.
             distributed: a :class:`~mmh_train.distributed.DistributedOps` to OR the decision over ranks.
         """
         self.improved = False
-        if self.monitor not in metrics:
+        values = {str(key).removeprefix("mmh/"): value for key, value in metrics.items()}
+        if self.monitor not in values:
             return False
-        reason = self._decide(float(metrics[self.monitor]))
+        reason = self._decide(float(values[self.monitor]))
         if self.improved:
             self.best_step = step
         stop = reason is not None

@@ -50,6 +50,17 @@ def flipd_from_denoiser_terms(trace: Tensor, squared_residual: Tensor, sigma: Te
     return trace + squared_residual / sigma.to(trace.dtype) ** 2
 
 
+def flipd_terms(denoised: Tensor, x: Tensor, trace: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    """FLIPD and its squared residual from the denoiser's output ``denoised [B, ...]`` at ``x [B, ...]``.
+
+    Returns ``(lid [B], ‖D(x; σ) − x‖² [B])`` in the trace's dtype (the accumulation precision). The one
+    assembly of the terms: the estimator and the penalty both call it.
+    """
+    acc = trace.dtype
+    squared_residual = (denoised.to(acc) - x.to(acc)).flatten(1).pow(2).sum(1)
+    return flipd_from_denoiser_terms(trace, squared_residual, sigma), squared_residual
+
+
 def _configurations(precision: str, mode: str, device_type: str, modules: list) -> list[tuple[str, bool]]:
     """(precision, vectorize) pairs to try in order, skipping those that failed before for ``modules``."""
     precisions = [precision, "fp32"] if precision != "fp32" else ["fp32"]
@@ -134,10 +145,8 @@ def flipd_estimate(
         check_per_sample(den, x, sigma_b)
         est = trace_of_denoiser(den, x, sigma_b, precision=precision, mode=mode, generator=generator,
                                 n_probes=n_probes, probe=probe, chunk_size=chunk_size, exact_max_dim=exact_max_dim)
-        acc = est.trace.dtype
-        residual = (est.output.to(acc) - x.to(acc)).flatten(1).pow(2).sum(1)
-        lid = flipd_from_denoiser_terms(est.trace, residual, sigma_b)
-    return FlipdEstimate(lid=lid, trace=est.trace, residual=residual / sigma_b.to(acc) ** 2, sigma=sigma_b,
+        lid, residual = flipd_terms(est.output, x, est.trace, sigma_b)
+    return FlipdEstimate(lid=lid, trace=est.trace, residual=residual / sigma_b.to(residual.dtype) ** 2, sigma=sigma_b,
                          stderr=est.stderr, denoised=est.output.detach())
 
 

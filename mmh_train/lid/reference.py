@@ -22,7 +22,6 @@ import math
 from numbers import Real
 from typing import Any
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -184,42 +183,18 @@ def _reciprocal_or(mean_log: Tensor, ambient: int) -> Tensor:
 
 
 def _duplicate_groups(x: Tensor, radius: float) -> tuple[Tensor, Tensor]:
-    """Copies among the rows of ``x [N, D]``.
+    """Copies among the rows of ``x [N, D]``: :func:`~mmh_train.remedies.find_duplicate_groups` at ``radius``.
 
-    Returns ``(has_copy, keep)``, both bool ``[N]``: whether another row lies within ``radius``, and
-    whether the row represents its group (greedy in index order: a row is kept unless a kept row of
-    lower index lies within the radius). Kept rows are pairwise more than ``radius`` apart. For
-    ``radius = 0`` groups of equal rows are found by sorting, with no distance computation.
+    Returns ``(has_copy, keep)``, both bool ``[N]``: whether the row's group has another member, and whether
+    the row represents its group (its first member). Representatives of different groups are more than
+    ``radius`` apart (closer ones would have been linked).
     """
-    n = x.shape[0]
-    if radius == 0.0:  # exact copies: group equal rows by sorting (adding 0.0 turns −0.0 into +0.0)
-        _, group, size = torch.unique(x + 0.0, dim=0, return_inverse=True, return_counts=True)
-        first = torch.full_like(size, n).scatter_reduce_(0, group, torch.arange(n, device=x.device), "amin")
-        keep = torch.zeros(n, dtype=torch.bool, device=x.device)
-        keep[first] = True
-        return size[group] > 1, keep
-    has_copy = torch.zeros(n, dtype=torch.bool, device=x.device)
-    rows_below, cols_below = [], []
-    for start, stop, d2 in _sq_dist_blocks(x, x, default_chunk_size(n)):
-        close = d2 <= radius * radius
-        diagonal = torch.arange(stop - start, device=x.device)
-        close[diagonal, start + diagonal] = False
-        has_copy[start:stop] = close.any(1)
-        r, c = torch.nonzero(close.tril_(start - 1), as_tuple=True)  # copies of lower index only
-        rows_below.append(r + start)
-        cols_below.append(c)
-    keep = torch.ones(n, dtype=torch.bool, device=x.device)
-    if not bool(has_copy.any()):
-        return has_copy, keep
-    rows, cols = torch.cat(rows_below), torch.cat(cols_below)
-    rows_np, cols_np = rows.cpu().numpy(), cols.cpu().numpy()  # sorted by row
-    keep_np = np.ones(n, dtype=bool)
-    starts = np.flatnonzero(np.r_[True, rows_np[1:] != rows_np[:-1]])
-    stops = np.r_[starts[1:], rows_np.size]
-    for lo, hi in zip(starts.tolist(), stops.tolist()):
-        if keep_np[cols_np[lo:hi]].any():
-            keep_np[rows_np[lo]] = False
-    return has_copy, torch.from_numpy(keep_np).to(x.device)
+    from ..remedies.duplicate_groups import find_duplicate_groups, first_members  # lid sits below remedies
+
+    groups = find_duplicate_groups(x, radius=radius)
+    keep = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    keep[first_members(groups).to(x.device)] = True
+    return (groups.size > 1).to(x.device), keep
 
 
 def _count_within(x: Tensor, q: Tensor, radius: float) -> Tensor:

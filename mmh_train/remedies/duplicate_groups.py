@@ -24,7 +24,7 @@ from torch import Tensor
 from .._checks import check_points
 from ..neighbors import default_chunk_size, pairwise_sq_dists
 
-__all__ = ["DuplicateGroups", "find_duplicate_groups", "duplicate_weights", "downweight", "weighted_loss"]
+__all__ = ["first_members", "join_groups", "DuplicateGroups", "find_duplicate_groups", "duplicate_weights", "downweight", "weighted_loss"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -183,6 +183,24 @@ def find_duplicate_groups(data: Tensor, *, radius: float = 0.0, features: Tensor
     group, n_groups = _dense_ids_by_first_occurrence(_compress(parent))
     size = torch.bincount(group, minlength=n_groups)[group]
     return DuplicateGroups(group=group, size=size, n_groups=n_groups)
+
+
+def first_members(groups: DuplicateGroups) -> Tensor:
+    """``[G]`` long: the lowest index of each group."""
+    n, device = len(groups), groups.group.device
+    first = torch.full((groups.n_groups,), n, dtype=torch.long, device=device)
+    return first.scatter_reduce_(0, groups.group, torch.arange(n, device=device), reduce="amin")
+
+
+def join_groups(groups: DuplicateGroups, a: Tensor, b: Tensor) -> DuplicateGroups:
+    """``groups`` with the groups of points ``a[e]`` and ``b[e]`` joined for every pair ``e`` (``[E]`` long each).
+
+    The one union-find of the library: :func:`find_duplicate_groups` links by radius, the survey by each
+    point's own neighbourhood, both through it.
+    """
+    parent = _union(first_members(groups)[groups.group].clone(), a.long(), b.long())
+    group, n_groups = _dense_ids_by_first_occurrence(parent)
+    return DuplicateGroups(group=group, size=torch.bincount(group, minlength=n_groups)[group], n_groups=n_groups)
 
 
 def _normalized(weights: Tensor, normalize: bool) -> Tensor:

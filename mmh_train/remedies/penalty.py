@@ -22,7 +22,7 @@ from .._checks import check_choice, check_positive_int
 from ..context import estimator_context
 from ..jacobian import EXACT_MAX_DIM
 from ..lid._prepare import prepare_denoiser_call
-from ..lid.flipd import flipd_from_denoiser_terms, trace_of_denoiser
+from ..lid.flipd import flipd_terms, trace_of_denoiser
 
 __all__ = ["lid_penalty", "penalty_on_rows", "REDUCTIONS"]
 
@@ -136,10 +136,8 @@ def lid_penalty(
         est = trace_of_denoiser(den, x_eval, sigma_b, precision=precision, mode=mode, generator=generator,
                                 n_probes=n_probes, probe="rademacher", chunk_size=chunk_size,
                                 exact_max_dim=EXACT_MAX_DIM)
-    acc = est.trace.dtype
-    squared_residual = (est.output.to(acc) - x_eval.to(acc)).flatten(1).pow(2).sum(1)
-    lid = flipd_from_denoiser_terms(est.trace, squared_residual, sigma_b)
-    hinge = torch.relu(target_b.to(device=lid.device, dtype=acc) - lid)
+    lid, _ = flipd_terms(est.output, x_eval, est.trace, sigma_b)
+    hinge = torch.relu(target_b.to(device=lid.device, dtype=lid.dtype) - lid)
     if reduction == "mean":
         return hinge.mean()
     if reduction == "sum":

@@ -38,10 +38,13 @@ class PenaltySchedule:
         target: global mode: LID below which FLIPD is penalized (None: taken when it switches on). Per point:
             a floor for the per-point targets (None: none).
         n_points: the training set's size, for the per-point mode.
+        per_point: the per-point mode with the size still unknown (:meth:`set_points` gives it; the guard
+            takes it from its monitor); implied by ``n_points``.
     """
 
     def __init__(self, *, max_weight: float = 0.1, od_threshold: float = 0.05, ramp_steps: int = 0,
-                 always_on: bool = False, target: float | None = None, n_points: int | None = None) -> None:
+                 always_on: bool = False, target: float | None = None, n_points: int | None = None,
+                 per_point: bool = False) -> None:
         if not max_weight >= 0:
             raise ValueError(f"max_weight must be ≥ 0; got {max_weight}.")
         if not isinstance(ramp_steps, int) or ramp_steps < 0:
@@ -51,10 +54,14 @@ class PenaltySchedule:
         self.max_weight, self.od_threshold, self.ramp_steps = float(max_weight), od_threshold, ramp_steps
         self.target = target
         self.activated_at: int | None = 0 if always_on else None
-        self.per_point = n_points is not None
+        self.per_point = per_point or n_points is not None
+        self.set_points(n_points or 0)
+
+    def set_points(self, n_points: int) -> None:
+        """Sizes the per-point state for a training set of ``n_points`` (nothing flagged yet)."""
         # per point: NaN = not flagged; else the point's target (sticky, the first flagging check's value)
-        self.point_target = torch.full((n_points or 0,), float("nan"), dtype=torch.float64)
-        self.point_sigma = torch.full((n_points or 0,), float("nan"), dtype=torch.float64)  # NaN: the penalty's σ
+        self.point_target = torch.full((n_points,), float("nan"), dtype=torch.float64)
+        self.point_sigma = torch.full((n_points,), float("nan"), dtype=torch.float64)  # NaN: the penalty's σ
 
     def update(self, result: Any | None) -> None:
         """Global: switches on at a check whose OD fraction exceeds the threshold (sticky). Per point: adds

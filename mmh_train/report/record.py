@@ -11,7 +11,6 @@ shares, so the plots, the tables and the summary never disagree.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..history import forward_fill as fill_forward
 from ..memorization import LABEL_NAMES
 
 __all__ = [
@@ -288,19 +288,8 @@ def _variant_problems(v: VariantResult, where: str, n_train: int, point_shape: t
 # ---------------------------------------------------------------- shared per-probe numbers
 
 def forward_fill(history: Tensor) -> Tensor:
-    """``[C, N]`` → ``[C, N]``: each entry replaced by the probe's latest measured value up to that check.
-
-    NaN marks "not measured at this check"; entries before a probe's first measurement stay NaN.
-    """
-    history = history.detach().cpu().to(torch.float64)
-    if history.numel() == 0:
-        return history.clone()
-    measured = ~torch.isnan(history)
-    rows = torch.arange(history.shape[0])[:, None].expand_as(history)
-    last = torch.where(measured, rows, torch.full_like(rows, -1)).cummax(dim=0).values
-    out = history.gather(0, last.clamp(min=0))
-    out[last < 0] = math.nan
-    return out
+    """``[C, N]`` → ``[C, N]`` float64 on the CPU: :func:`mmh_train.history.forward_fill` for the report."""
+    return fill_forward(history.detach().cpu().to(torch.float64))
 
 
 def last_lid(history: Tensor) -> Tensor:

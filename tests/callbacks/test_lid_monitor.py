@@ -7,6 +7,7 @@ import torch
 from lightning_toys import ToyDiffusion, loader, toy_data, trainer
 
 from mmh_train.callbacks import LIDMonitor, MemorizationEarlyStopping
+from mmh_train.parameterizations import as_denoiser
 
 
 def run(tmp_path, n_train, steps, callbacks=(), seed=0):
@@ -73,8 +74,10 @@ def test_early_stopping_stops_a_memorizing_run(tmp_path):
     stopped_at = monitor.monitor.steps[-1]
     assert stopped_at < 6000 and stopper.stopping_reason_message is not None
     assert monitor.last_result.metrics["od_fraction"] > 0
-    best = stopper.best_weights
-    assert best is not None and all(torch.equal(best[k], v) for k, v in model.state_dict().items())
+    best = stopper.best_weights  # one state_dict per network of the denoiser, kept once by the guard
+    networks = as_denoiser(model.denoiser()).modules()
+    assert best is not None and len(best) == len(networks)
+    assert all(torch.equal(best[0][k], v) for k, v in networks[0].state_dict().items())
     # the restored weights are named by their check, and the monitor reads its labels as they were there
     assert stopper.restored_step == stopper.best_step and stopper.best_step in monitor.monitor.steps
     assert stopper.best_step < stopped_at

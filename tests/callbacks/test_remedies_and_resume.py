@@ -8,7 +8,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning_toys import ReproducibleToyDiffusion, ToyDiffusion, epoch_loader, loader, toy_data, trainer
 
 from mmh_train.callbacks import (DuplicateReweighting, LIDMonitor, LIDPenaltyController, MemorizationEarlyStopping,
-                                 MemorizationMixin)
+                                 MemorizationMixin, guard_of)
 from mmh_train.data import inject_duplicates_in_sample
 
 
@@ -33,7 +33,7 @@ def test_reweighting_gives_each_group_the_weight_of_one_sample(tmp_path):
     reweight = DuplicateReweighting(sample.x)
     model = Remedied()
     trainer(tmp_path, 5, [reweight]).fit(model, epoch_loader(sample))
-    weights = model._mmh_sample_weights
+    weights = guard_of(model).weights.weights
     singleton = weights[~dup.duplicated][0]
     for g in dup.group[dup.duplicated].unique():
         torch.testing.assert_close(weights[dup.group == g].sum(), singleton)  # a group weighs one sample
@@ -55,7 +55,7 @@ def test_adaptive_reweighting_downweights_dd_groups_once(tmp_path):
     base[members] = 1 / 4  # groups of 4 before the DD factor
     dd = torch.isin(dup.group, dd_groups)
     base[dd] *= 0.5  # applied once, though three checks saw the same labels
-    torch.testing.assert_close(model._mmh_sample_weights, base / base.mean())
+    torch.testing.assert_close(guard_of(model).weights.weights, base / base.mean())
     rows = list(csv.DictReader(open(tmp_path / "a.csv")))
     assert {r["duplicate_group"] for r in rows if r["index"] in {str(i) for i in dup.sources.tolist()}}
 
@@ -76,9 +76,11 @@ def test_penalty_controller_without_a_denoiser_is_refused_before_training(tmp_pa
         trainer(tmp_path, 1, [LIDPenaltyController(target=2.0)]).fit(NoDenoiser(), loader(sample))
 
 
-def test_weighted_loss_refuses_batches_without_indices():
+def test_weighted_loss_refuses_batches_without_indices(tmp_path):
+    sample, _ = duplicated_sample()
     model = Remedied()
-    model._mmh_sample_weights = torch.ones(10)
+    assert model.mmh_weighted_loss(torch.tensor([1.0, 3.0]), None) == 2.0  # no callback: the plain mean
+    trainer(tmp_path, 1, [DuplicateReweighting(sample.x)]).fit(model, epoch_loader(sample))
     with pytest.raises(ValueError, match="IndexedDataset"):
         model.mmh_weighted_loss(torch.ones(4), None)
 

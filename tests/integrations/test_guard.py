@@ -106,11 +106,12 @@ def test_guard_restores_the_weights_of_the_first_best_check(monkeypatch):
     from types import SimpleNamespace
 
     net = torch.nn.Linear(3, 3)
-    monitor = MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None)
+    monitor = MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None, every_n_steps=1)
     values = iter([0.3, 0.1, 0.1, 0.2, 0.4])  # best at step 2, tied at 3 (the first best wins), worse at 4
-    monkeypatch.setattr(monitor, "maybe_check",
-                        lambda denoiser, step, **kwargs: SimpleNamespace(metrics={"od_fraction": next(values)}))
-    guard = MemorizationGuard(monitor, stopper=MemorizationStopper("od_fraction", patience=2),
+    monkeypatch.setattr(monitor, "check",
+                        lambda denoiser, step, **kwargs: SimpleNamespace(metrics={"collapse": next(values)},
+                                                                         labels=None))
+    guard = MemorizationGuard(monitor, stopper=MemorizationStopper("collapse", patience=2),
                               restore_best_weights=True)
     for step in range(1, 6):
         with torch.no_grad():
@@ -120,12 +121,12 @@ def test_guard_restores_the_weights_of_the_first_best_check(monkeypatch):
             break
     assert guard.stopper.stopped_step == 4 and guard.stopper.best_step == 2 and guard.restored_step == 2
     assert torch.all(net.weight == 2.0), "the weights of the best check are loaded when training stops"
-    assert guard.best_weights[0]["weight"].device.type == "cpu"
-    clone = MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None),
-                              stopper=MemorizationStopper("od_fraction", patience=2), restore_best_weights=True)
+    assert guard.best.load()["networks"][0]["weight"].device.type == "cpu"
+    clone = MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None, every_n_steps=1),
+                              stopper=MemorizationStopper("collapse", patience=2), restore_best_weights=True)
     clone.load_state_dict(guard.state_dict())
     assert clone.restored_step == 2 and clone.stopper.best_step == 2
-    torch.testing.assert_close(clone.best_weights[0]["weight"], torch.full((3, 3), 2.0))
+    torch.testing.assert_close(clone.best.load()["networks"][0]["weight"], torch.full((3, 3), 2.0))
 
 
 def test_guard_restore_best_weights_needs_a_stopper_and_a_module():
@@ -133,7 +134,7 @@ def test_guard_restore_best_weights_needs_a_stopper_and_a_module():
         MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, every_n_steps=1, reference=None),
                           restore_best_weights=True)
     guard = MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, every_n_steps=1, reference=None),
-                              stopper=MemorizationStopper(), restore_best_weights=True)
+                              stopper=MemorizationStopper("collapse"), restore_best_weights=True)
     with pytest.raises(TypeError, match="needs a denoiser around an nn.Module"):
         guard.maybe_check(lambda x, sigma: x, 1)
 

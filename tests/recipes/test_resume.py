@@ -43,16 +43,15 @@ def test_the_rng_states_round_trip_through_a_weights_only_load(tmp_path):
 def test_the_report_says_what_the_per_point_penalty_did():
     from types import SimpleNamespace
 
-    from common import penalty_note
-    from mmh_train.callbacks import LIDPenaltyController
+    from mmh_train import MemorizationGuard
+    from mmh_train.remedies import PenaltySchedule
+    from mmh_train.report import guard_notes
 
-    controller = LIDPenaltyController(per_point=True, max_weight=10.0, sigma=0.3)
-    assert "never switched on" in penalty_note(controller)
-    controller.schedule = controller.schedule.__class__(n_points=5, max_weight=10.0)
+    schedule = PenaltySchedule(n_points=5, max_weight=10.0)
+    guard = MemorizationGuard(penalty=schedule, penalty_sigma=0.3)
+    assert "never switched on" in guard_notes(guard)["penalty"]
     labels = SimpleNamespace(label=torch.tensor([1, 0, 1]), lid_ref=torch.tensor([4.0, 5.0, 6.0]),
                              null=torch.tensor([4.0, 5.0, 6.0]), sigma=torch.tensor([0.3, 0.3, 0.5]))
-    controller.schedule.update(SimpleNamespace(step=1000, train_index=torch.tensor([0, 2, 4]), labels=labels,
-                                               metrics={}))
-    controller.weight = 10.0
-    assert penalty_note(controller) == ("on from step 1000 for the 2 points labelled OD, each aimed at its held-out "
-                                        "null (median 4.00; weight 10)")
+    schedule.update(SimpleNamespace(step=1000, train_index=torch.tensor([0, 2, 4]), labels=labels, metrics={}))
+    assert guard_notes(guard)["penalty"] == ("on from step 1000 for the 2 points labelled OD, each aimed at its "
+                                             "held-out null (median 4.00; weight 10)")

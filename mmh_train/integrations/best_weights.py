@@ -1,0 +1,97 @@
+"""The weights of the best check, kept once: one CPU copy, or one file, and loaded back when training stops.
+
+What is kept is what the run will save: the networks' ``state_dict`` and, when the guard watches an EMA
+(diffusers' ``EMAModel``: its ``shadow_params``), the EMA's weights too; restoring loads both, so the
+script's final save (of the live model or of the EMA) writes the weights of the best check.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..io import write_bytes_atomic
+
+__all__ = ["BestWeights"]
+
+Snapshot = dict[str, Any]  # {"networks": [state_dict per network], "ema": [Tensor] or None}
+
+
+def _cpu(t: Tensor) -> Tensor:
+    return t.detach().to("cpu", copy=True)
+
+
+class BestWeights:
+    """One copy of the best check's weights.
+
+    Args:
+        where: ``True`` keeps one CPU copy in memory (it also goes into the guard's ``state_dict``, so a resumed
+            run can still restore it); a path writes the copy there (atomically, on rank 0) and the state
+            holds only the path.
+    """
+
+    def __init__(self, where: bool | str | os.PathLike) -> None:
+        if where is True:
+            self.path: Path | None = None
+        elif isinstance(where, (str, os.PathLike)) and str(where):
+            self.path = Path(where)
+        else:
+            raise TypeError(f"restore_best_weights must be True or a file path for the copy; got {where!r}.")
+        self.snapshot: Snapshot | None = None
+        self.step: int | None = None
+
+    @staticmethod
+    def take(networks: Sequence[nn.Module], ema: Any | None) -> Snapshot:
+        """A CPU copy of the networks' ``state_dict`` (``[dict]``, one per network) and the EMA's shadow weights."""
+        return {"networks": [{k: _cpu(v) for k, v in net.state_dict().items()} for net in networks],
+                "ema": [_cpu(p) for p in ema.shadow_params] if ema is not None else None}
+
+    def keep(self, networks: Sequence[nn.Module], ema: Any | None, step: int, *, rank: int = 0) -> None:
+        """Copies the current weights as the best (called at a check that improved on the best)."""
+        snapshot = self.take(networks, ema)
+        self.step = step
+        if self.path is None:
+            self.snapshot = snapshot
+        elif rank == 0:
+            buffer = io.BytesIO()
+            torch.save(snapshot, buffer)
+            write_bytes_atomic(self.path, buffer.getvalue())
+
+    @property
+    def available(self) -> bool:
+        return self.step is not None
+
+    def load(self) -> Snapshot:
+        if self.path is None:
+            assert self.snapshot is not None
+            return self.snapshot
+        if not self.path.is_file():
+            raise FileNotFoundError(f"the best weights of step {self.step} were written to {self.path}, which is "
+                                    f"gone; keep that file for the length of the run (or restore_best_weights=True).")
+        return torch.load(self.path, map_location="cpu", weights_only=True)
+
+    def restore(self, networks: Sequence[nn.Module], ema: Any | None) -> None:
+        """Loads the kept weights into the networks (and into the EMA's shadow weights)."""
+        snapshot = self.load()
+        if len(snapshot["networks"]) != len(networks):
+            raise ValueError(f"the best weights hold {len(snapshot['networks'])} networks but the denoiser has "
+                             f"{len(networks)}; pass the same denoiser at every check.")
+        for net, state in zip(networks, snapshot["networks"]):
+            net.load_state_dict(state)
+        if ema is not None and snapshot["ema"] is not None:
+            with torch.no_grad():
+                for shadow, saved in zip(ema.shadow_params, snapshot["ema"]):
+                    shadow.copy_(saved)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "path": None if self.path is None else str(self.path),
+                "snapshot": self.snapshot if self.path is None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = state["step"]
+        self.snapshot = state.get("snapshot") if self.path is None else None
