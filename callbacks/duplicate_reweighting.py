@@ -28,7 +28,9 @@ class DuplicateReweighting(Callback):
     build the train loader with :meth:`sampler` and ``Trainer(use_distributed_sampler=False)``.
 
     Args:
-        train_data: tensor ``[N, ...]`` or map-style dataset (the same indexing as the loader's indices).
+        train_data: tensor ``[N, ...]`` or map-style dataset (the same indexing as the loader's indices), read
+            whole to find the groups; ``None`` (default) takes the groups of the LIDMonitor's streamed survey of
+            the data, the same groups its DD verdicts use (then ``radius`` and ``features`` do not apply).
         radius: near-duplicate radius in pixel space (or in ``features`` space); 0 finds exact copies only.
         features: ``[N, F]`` features to measure nearness in (e.g. embeddings), optional.
         group_weight: total weight of a group, in samples (default 1: a group weighs one sample).
@@ -38,7 +40,7 @@ class DuplicateReweighting(Callback):
         seed: the sampler's shared seed (identical on every rank).
     """
 
-    def __init__(self, train_data: Tensor | Sequence[Any], *, radius: float = 0.0, features: Tensor | None = None,
+    def __init__(self, train_data: Tensor | Sequence[Any] | None = None, *, radius: float = 0.0, features: Tensor | None = None,
                  group_weight: float = 1.0, cap: float | None = None, dd_factor: float | None = None,
                  seed: int = 0) -> None:
         super().__init__()
@@ -49,6 +51,7 @@ class DuplicateReweighting(Callback):
         self.adaptive: AdaptiveDuplicateWeights | None = None
         self._sampler: DistributedWeightedSampler | None = None
         self._pushed: Tensor | None = None  # the weights the sampler draws with
+        self.guard = None
 
     @property
     @override
@@ -58,8 +61,15 @@ class DuplicateReweighting(Callback):
 
     def _ensure(self) -> AdaptiveDuplicateWeights:
         if self.adaptive is None:
-            data = gather_points(self.train_data, torch.arange(dataset_size(self.train_data)))
-            groups = find_duplicate_groups(data, radius=self.radius, features=self.features)
+            if self.train_data is not None:
+                data = gather_points(self.train_data, torch.arange(dataset_size(self.train_data)))
+                groups = find_duplicate_groups(data, radius=self.radius, features=self.features)
+            elif self.guard is not None and self.guard.monitor is not None:
+                groups = self.guard.monitor.data_survey().groups
+            else:
+                raise ValueError("DuplicateReweighting() without train_data takes the LIDMonitor's duplicate groups: "
+                                 "add an LIDMonitor to the Trainer, or pass the training data "
+                                 "(DuplicateReweighting(train_data)); a sampler needs train_data.")
             self.adaptive = AdaptiveDuplicateWeights(groups, group_weight=self.group_weight, cap=self.cap,
                                                      dd_factor=self.dd_factor)
         return self.adaptive
@@ -79,7 +89,13 @@ class DuplicateReweighting(Callback):
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         require_mixin(pl_module, "DuplicateReweighting")
-        guard_for(trainer, pl_module).attach(weights=self._ensure())
+        self.guard = guard_for(trainer, pl_module)
+        if self.train_data is not None:
+            self.guard.attach(weights=self._ensure())
+
+    @override
+    def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.guard.attach(weights=self._ensure())  # every callback has attached its part by now (the monitor)
 
     @override
     def on_train_batch_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", outputs: Any, batch: Any,
@@ -94,6 +110,8 @@ class DuplicateReweighting(Callback):
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._ensure().load_state_dict(state_dict)
+        if self.guard is not None:
+            self.guard.attach(weights=self.adaptive)
         if self._sampler is not None:
             self._push()
 

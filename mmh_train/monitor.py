@@ -42,6 +42,8 @@ __all__ = ["MemorizationMonitor", "CheckResult", "ESTIMATORS"]
 Estimator = Callable[..., Tensor]
 #: Inputs up to this flattened size get FLIPD's exact trace in the monitor; larger ones one Hutchinson probe.
 MONITOR_EXACT_MAX_DIM = 64
+#: Fewer held-out probes than this make the held-out null's spread unreliable: the monitor warns.
+MIN_HELDOUT_PROBES = 16
 #: Named estimators; any callable ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]`` works too.
 ESTIMATORS: dict[str, Estimator] = {"flipd": flipd, "normal_bundle": normal_bundle_lid}
 
@@ -142,6 +144,12 @@ class MemorizationMonitor:
             self.conditioning.gather(self.train_index, self.heldout_index)
         elif heldout_conditioning is not None:
             raise ValueError("heldout_conditioning needs conditioning for the training points too.")
+        if self.rule == "heldout_null" and len(self.heldout_index) < MIN_HELDOUT_PROBES:
+            warnings.warn(f"the verdicts compare each training probe with held-out probes, and only "
+                          f"{len(self.heldout_index)} are held out: the null's spread is then underestimated and "
+                          f"labels come by chance (an untrained UNet with 5 held-out images got 46% of its training "
+                          f"images labelled). Hold out at least {MIN_HELDOUT_PROBES} points (64 by default).",
+                          RuntimeWarning, stacklevel=2)
         self.train_data, self.heldout_data, self.input_fn = train_data, heldout_data, input_fn
         self.survey: DataSurvey | None = None
         self._survey_options = survey_options

@@ -165,3 +165,24 @@ def test_lightning_callbacks_configure_one_guard_per_module(tmp_path):
     with pytest.raises(ValueError, match="already has a monitor"):  # two monitors on one module
         twice = [LIDMonitor(sample.x, sigma=0.1, audit_path=False, seed=1), LIDMonitor(sample.x, sigma=0.2, audit_path=False)]
         trainer(tmp_path / "b", 2, twice).fit(Mixed(), loader(sample))
+
+
+def test_lightning_reweighting_without_data_takes_the_monitors_survey_groups(tmp_path):
+    sample, dup = inject_duplicates_in_sample(toy_data(32), fraction=0.1, copies=3,
+                                              generator=torch.Generator().manual_seed(0))
+
+    class Mixed(mmh_train.callbacks.MemorizationMixin, ToyDiffusion):
+        def training_step(self, batch, batch_idx):
+            x0, _, index = batch
+            return self.mmh_weighted_loss(self.per_sample_loss(x0), index)
+
+    reweight = DuplicateReweighting()  # no data: the streamed survey's groups
+    monitor = LIDMonitor(sample.x, toy_data(64, seed=1).x, every_n_steps=5, audit_path=False, n_train_probes=8)
+    model = Mixed()
+    trainer(tmp_path, 5, [reweight, monitor]).fit(model, loader(sample, batch_size=16))
+    assert guard_of(model).weights is reweight.adaptive
+    assert torch.equal(reweight.adaptive.groups.group, monitor.monitor.survey.groups.group)
+    for g in dup.group[dup.duplicated].unique():
+        assert float(reweight.weights[dup.group == g].sum()) == pytest.approx(float(reweight.weights[~dup.duplicated][0]))
+    with pytest.raises(ValueError, match="add an LIDMonitor"):
+        trainer(tmp_path / "b", 1, [DuplicateReweighting()]).fit(Mixed(), loader(sample))
