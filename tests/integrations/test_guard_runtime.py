@@ -17,6 +17,14 @@ from mmh_train.integrations import MemorizationGuard, MemorizationStopper
 from mmh_train.monitor import MemorizationMonitor
 
 
+class Mixed(mmh_train.callbacks.MemorizationMixin, ToyDiffusion):
+    """The user-side pattern: weights by index and the penalty term, from the module's guard."""
+
+    def training_step(self, batch, batch_idx):
+        x0, _, index = batch
+        return self.mmh_weighted_loss(self.per_sample_loss(x0), index) + self.mmh_lid_penalty(x0, index)
+
+
 def scripted(monitor, values, metric="collapse"):
     """The monitor's checks return ``values`` of ``metric`` in turn (the stopping logic under test, not LID)."""
     values = iter(values)
@@ -147,11 +155,6 @@ def test_lightning_callbacks_configure_one_guard_per_module(tmp_path):
     sample, dup = inject_duplicates_in_sample(toy_data(32), fraction=0.1, copies=3,
                                               generator=torch.Generator().manual_seed(0))
 
-    class Mixed(mmh_train.callbacks.MemorizationMixin, ToyDiffusion):
-        def training_step(self, batch, batch_idx):
-            x0, _, index = batch
-            return self.mmh_weighted_loss(self.per_sample_loss(x0), index) + self.mmh_lid_penalty(x0, index)
-
     callbacks = [MemorizationEarlyStopping("mmh/collapse", patience=50, tolerance=None, restore_best_weights=True),
                  LIDPenaltyController(per_point=True), DuplicateReweighting(sample.x),  # any order
                  LIDMonitor(sample.x, toy_data(64, seed=1).x, every_n_steps=5, audit_path=False, n_train_probes=8)]
@@ -170,11 +173,6 @@ def test_lightning_callbacks_configure_one_guard_per_module(tmp_path):
 def test_lightning_reweighting_without_data_takes_the_monitors_survey_groups(tmp_path):
     sample, dup = inject_duplicates_in_sample(toy_data(32), fraction=0.1, copies=3,
                                               generator=torch.Generator().manual_seed(0))
-
-    class Mixed(mmh_train.callbacks.MemorizationMixin, ToyDiffusion):
-        def training_step(self, batch, batch_idx):
-            x0, _, index = batch
-            return self.mmh_weighted_loss(self.per_sample_loss(x0), index)
 
     reweight = DuplicateReweighting()  # no data: the streamed survey's groups
     monitor = LIDMonitor(sample.x, toy_data(64, seed=1).x, every_n_steps=5, audit_path=False, n_train_probes=8)
