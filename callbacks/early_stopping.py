@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from mmh_train.integrations.stopping import METRIC_MODES, MemorizationStopper
@@ -91,6 +91,7 @@ class MemorizationEarlyStopping(Callback):
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
         self.guard = guard_for(trainer, pl_module).attach(stopper=self.stopper,
                                                           restore_best_weights=self.restore_best_weights)
+        self.guard.restore_on_stop = False  # Lightning may train on after a stop (min_steps): restore at the end
 
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
@@ -110,6 +111,7 @@ class MemorizationEarlyStopping(Callback):
     @override
     def on_train_end(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self._announce()
+        self.guard.restore_best()  # the best check's weights, if the stopper stopped and kept them
 
     @override
     def state_dict(self) -> dict[str, Any]:
@@ -117,6 +119,14 @@ class MemorizationEarlyStopping(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "best_score" in state_dict:  # written by the callback when it subclassed Lightning's EarlyStopping
+            rank_zero_warn("MemorizationEarlyStopping: this checkpoint holds the old early-stopping state; its "
+                           "patience and best step are carried over, its best weights are not (they will be kept "
+                           "again from the next improving check).")
+            state_dict = {"best": float(state_dict["best_score"]), "wait_count": int(state_dict["wait_count"]),
+                          "stopped_step": None, "reason": state_dict.get("stopping_reason_message"),
+                          "best_step": state_dict.get("best_step"), "should_stop": False, "restored_step": None,
+                          "best_weights": None}
         if self.guard is None:  # loaded outside a fit: the stopper alone
             self.stopper.load_state_dict(state_dict)
         else:

@@ -77,6 +77,12 @@ class LIDMonitor(Callback):
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.guard.validate()  # every callback has attached its part by now
 
+    @override
+    def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
+        self.guard.denoiser = self._denoiser(pl_module)  # what a restore loads into, even before any check
+        if self.guard.should_stop:  # resumed from a checkpoint written after the stop
+            trainer.should_stop = True
+
     def _denoiser(self, pl_module: "pl.LightningModule") -> Any:
         return self.denoiser_fn(pl_module) if self.denoiser_fn is not None else pl_module.denoiser()
 

@@ -28,6 +28,13 @@ def guard_for(trainer: Any, pl_module: Any) -> MemorizationGuard:
 
 
 def guard_of(pl_module: Any) -> MemorizationGuard | None:
-    """The guard the callbacks configured for ``pl_module``; None when no memorization callback is attached."""
+    """The guard the callbacks configured for ``pl_module`` in its current (or latest) fit; None when that fit has
+    no memorization callback (a guard of an earlier fit never drives a later one)."""
     entry = _GUARDS.get(pl_module)
-    return entry[1] if entry is not None else None
+    if entry is None:
+        return None
+    try:
+        trainer = pl_module.trainer
+    except RuntimeError:  # not attached to a Trainer now: the latest fit's guard, for reading its results
+        return entry[1]
+    return entry[1] if entry[0]() is trainer else None

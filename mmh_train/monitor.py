@@ -28,7 +28,7 @@ from .lid.normal_bundle import normal_bundle_lid
 from .memorization import MemorizationLabels, classify_memorization, collapse_score
 from .parameterizations import as_denoiser
 from .probe_conditioning import ProbeConditioning
-from .probes import InputFn, choose_probe_indices, dataset_size, gather_points, interleave
+from .probes import InputFn, choose_probe_indices, dataset_size, derived_seed, gather_points, interleave
 from .history import latest_measured
 from .reference_choice import ReferenceLID
 from .monitor_checks import (check_estimator, check_heldout_shape, check_numbers, check_options, check_sigma_argument,
@@ -46,14 +46,6 @@ MONITOR_EXACT_MAX_DIM = 64
 MIN_HELDOUT_PROBES = 16
 #: Named estimators; any callable ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]`` works too.
 ESTIMATORS: dict[str, Estimator] = {"flipd": flipd, "normal_bundle": normal_bundle_lid}
-
-
-def _probe_seed(*parts: int) -> int:
-    """A seed fixed by (seed, check, batch, σ index): the same on every rank and after a resume."""
-    value = 0
-    for part in parts:
-        value = (value * 1_000_003 + int(part)) % (2**61 - 1)
-    return value
 
 
 def _nanmean(x: Tensor) -> float:
@@ -254,7 +246,7 @@ class MemorizationMonitor:
             x = self.points()[batch].to(device)
             den = self.conditioning.bind(denoiser, batch, device) if self.conditioning is not None else denoiser
             for s, sigma in enumerate(self.sigmas):
-                generator = torch.Generator(device=device).manual_seed(_probe_seed(self.seed, check_index, b, s))
+                generator = torch.Generator(device=device).manual_seed(derived_seed(self.seed, check_index, b, s))
                 lid = self.estimator(den, x, sigma, generator=generator, **self.estimator_options)
                 values[s, batch] = lid.detach().to("cpu", torch.float64)
             counted[batch] = 1.0

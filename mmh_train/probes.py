@@ -9,7 +9,7 @@ from torch import Tensor
 
 from .context import preserve_global_rng, seed_global_rng
 
-__all__ = ["PROBE_VIEW_SEED", "InputFn", "default_input", "dataset_size", "gather_points", "choose_probe_indices", "interleave"]
+__all__ = ["PROBE_VIEW_SEED", "InputFn", "derived_seed", "default_input", "dataset_size", "gather_points", "choose_probe_indices", "interleave"]
 
 #: Maps one dataset item to its model input tensor.
 InputFn = Callable[[Any], Tensor]
@@ -62,6 +62,15 @@ def gather_points(data: Tensor | Sequence[Any], indices: Tensor, input_fn: Input
             seed_global_rng(PROBE_VIEW_SEED)
             points.append(torch.as_tensor(fn(data[int(i)])))
     return torch.stack(points).detach().cpu()
+
+
+def derived_seed(*parts: int) -> int:
+    """A seed fixed by integer ``parts`` (e.g. seed, check, batch, σ index; or seed, rank, step): the same on
+    every rank that passes the same parts and after a resume, without any generator state to save."""
+    value = 0
+    for part in parts:
+        value = (value * 1_000_003 + int(part)) % (2**61 - 1)
+    return value
 
 
 def choose_probe_indices(n_total: int, n_probes: int, generator: torch.Generator, *, name: str) -> Tensor:

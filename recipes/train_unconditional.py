@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
                                  num_training_steps=num_update_steps_per_epoch * args.num_epochs)
     model, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(model, optimizer, train_dataloader,
                                                                            lr_scheduler)
+    num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)  # per process
     ema_model = None
     if args.use_ema:
         ema_model = EMAModel(model.parameters(), decay=args.ema_max_decay, use_ema_warmup=True,

@@ -45,6 +45,10 @@ class BestWeights:
         self.snapshot: Snapshot | None = None
         self.step: int | None = None
 
+    def kept_at(self, where: bool | str | os.PathLike) -> bool:
+        """Whether this keeper keeps its copy where ``where`` asks (so attaching again keeps what it holds)."""
+        return (self.path is None) if where is True else (self.path is not None and Path(where) == self.path)
+
     @staticmethod
     def take(networks: Sequence[nn.Module], ema: Any | None) -> Snapshot:
         """A CPU copy of the networks' ``state_dict`` (``[dict]``, one per network) and the EMA's shadow weights."""

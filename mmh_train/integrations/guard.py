@@ -32,7 +32,7 @@ from ..distributed import DistributedOps, default_ops
 from ..io import write_text_atomic
 from ..monitor import CheckResult, MemorizationMonitor
 from ..parameterizations import as_denoiser
-from ..probes import dataset_size
+from ..probes import dataset_size, derived_seed
 from ..remedies import AdaptiveDuplicateWeights, PenaltySchedule, penalty_on_rows, weighted_loss
 from .best_weights import BestWeights
 from .ema import check_ema, ema_weights_in
@@ -64,7 +64,8 @@ class MemorizationGuard:
             into it, so a script that saves the EMA saves the best check.
         penalty_sigma, penalty_probes, penalty_subset: FLIPD settings inside the penalty; ``penalty_sigma=None``
             (default) takes the monitor's primary σ, where the per-point targets were measured.
-        seed: the penalty's probes come from a generator seeded with ``seed + rank``.
+        seed: the penalty's probes at each step come from a generator seeded by (``seed``, rank, step): different
+            per rank, and the same after a resume with no generator state to save.
         audit_path: when given, the audit CSV (:meth:`write_audit`) is rewritten there after every check.
         distributed: collectives; default ``torch.distributed`` when initialized.
     """
@@ -96,8 +97,9 @@ class MemorizationGuard:
         self.should_stop = False
         self.restored_step: int | None = None
         self.last_result: CheckResult | None = None
-        self._generator: torch.Generator | None = None
-        self._generator_state: Tensor | None = None  # restored lazily on the device of the first batch
+        #: restore the best weights at the check that stops (plain loops); the Lightning adapter restores at
+        #: the end of training instead (Lightning may train on after a stop, e.g. to reach ``min_steps``)
+        self.restore_on_stop = True
         self.attach(monitor=monitor, weights=weights, penalty=penalty, stopper=stopper,
                     restore_best_weights=restore_best_weights, penalty_sigma=penalty_sigma,
                     penalty_probes=penalty_probes, penalty_subset=penalty_subset, seed=seed)
@@ -127,7 +129,7 @@ class MemorizationGuard:
             self.schedule = penalty
             self.penalty_sigma, self.penalty_probes, self.penalty_subset = penalty_sigma, penalty_probes, penalty_subset
             self.seed = seed
-        if restore_best_weights is not False:
+        if restore_best_weights is not False and (self.best is None or not self.best.kept_at(restore_best_weights)):
             self.best = BestWeights(restore_best_weights)
         return self
 
@@ -143,11 +145,16 @@ class MemorizationGuard:
                     raise ValueError("the LID penalty takes its σ from the monitor's primary σ; add a monitor "
                                      "(LIDMonitor) or pass the penalty's sigma.")
                 self.penalty_sigma = m.sigmas[0]
-            if self.schedule.per_point and not len(self.schedule.point_target):
-                if m is None:
+            if self.schedule.per_point:
+                if m is None or not m.labels_anything:
                     raise ValueError("the per-point LID penalty acts on the points a monitor labels OD; add a monitor "
-                                     "(LIDMonitor).")
-                self.schedule.set_points(dataset_size(m.train_data))
+                                     "(LIDMonitor) that labels (held-out data, the default rule, or reference='data').")
+                if not len(self.schedule.point_target):
+                    self.schedule.set_points(dataset_size(m.train_data))
+                if len(self.schedule.point_target) != dataset_size(m.train_data):
+                    raise ValueError(f"the per-point penalty was built for {len(self.schedule.point_target)} points but "
+                                     f"the monitor's training set has {dataset_size(m.train_data)}; pass "
+                                     f"PenaltySchedule(per_point=True) and the guard sizes it.")
             if not self.schedule.per_point and self.schedule.target is None and (m is None or not m.labels_anything):
                 raise ValueError("the global LID penalty with target=None takes its target from the monitor's LID*; "
                                  "monitor with reference='data' (LIDMonitor(..., reference='data')) or pass target=.")
@@ -188,11 +195,12 @@ class MemorizationGuard:
             check_ema(self.ema, networks)
         now = time.perf_counter()
         self._first_call = now if self._first_call is None else self._first_call
+        self.denoiser = denoiser  # also after a resume with no check since: the report and the restore use it
         if not self.monitor.should_check(step, epoch=epoch, epoch_end=epoch_end) or step in self.monitor.steps:
             return None
         with ema_weights_in(self.ema, networks):
             result = self.monitor.check(denoiser, step, epoch=epoch)
-        self.last_result, self.denoiser = result, denoiser
+        self.last_result = result
         self.seconds = now - self._first_call
         if self.weights is not None:
             self.weights.update(result)
@@ -203,13 +211,29 @@ class MemorizationGuard:
         if self.best is not None:
             if self.stopper.improved:
                 self.best.keep(networks, self.ema, step, rank=self._ops().rank)
-            if self.should_stop and self.best.available and self.restored_step is None:
-                self._ops().all_reduce_sum(torch.zeros(1))  # every rank waits for rank 0's file
-                self.best.restore(networks, self.ema)
-                self.restored_step = self.best.step
+            if self.should_stop and self.restore_on_stop and self.restored_step is None:
+                self.restore_best()
         if self.audit_path is not None:
             self.write_audit(self.audit_path)
         return result
+
+    def restore_best(self, denoiser: Any | None = None) -> int | None:
+        """Loads the best check's weights into the networks (and the EMA) once training has stopped.
+
+        Called at the stopping check in plain loops and at the end of training under Lightning; again after
+        more training (it reloads). ``denoiser``: whose networks to load into (default: the latest seen).
+        Returns the restored step, or None (nothing kept, or the stopper has not stopped).
+        """
+        if self.best is None or not self.should_stop or not self.best.available:
+            return None
+        denoiser = denoiser if denoiser is not None else self.denoiser
+        if denoiser is None:
+            raise RuntimeError("restore_best needs the denoiser whose weights to load: pass it, "
+                               "guard.restore_best(denoiser).")
+        self._ops().all_reduce_sum(torch.zeros(1))  # every rank waits for rank 0's file
+        self.best.restore(as_denoiser(denoiser).modules(), self.ema)
+        self.restored_step = self.best.step
+        return self.restored_step
 
     def until_stopped(self, iterable: Iterable[T]) -> Iterator[T]:
         """Yields from ``iterable`` until the guard says stop: ``for batch in guard.until_stopped(loader):``.
@@ -217,10 +241,18 @@ class MemorizationGuard:
         In nested epoch/step loops later epochs then run empty, so the script's end-of-training code (saving
         the model) runs on the restored weights without further edits.
         """
-        for item in iterable:
-            if self.should_stop:
-                return
-            yield item
+        iterator = iter(iterable)
+        try:
+            while not self.should_stop:  # asked before the next batch is read, none is read in vain
+                try:
+                    item = next(iterator)
+                except StopIteration:
+                    return
+                yield item
+        finally:
+            close = getattr(iterator, "close", None)
+            if callable(close):
+                close()
 
     def write_audit(self, path: str | os.PathLike) -> Path:
         """Writes the per-sample audit table of the latest check to ``path`` (CSV, atomically; rank 0 only).
@@ -239,29 +271,30 @@ class MemorizationGuard:
         return path
 
     def write_report(self, out_dir: str | os.PathLike, *, train_data: Any, heldout_data: Any = None,
-                     sampler: Any = None, n_samples: int = 256, **options: Any) -> Path:
+                     sampler: Any = None, denoiser: Any = None, n_samples: int = 256, **options: Any) -> Path:
         """Writes the run's report (plots, tables, samples next to their nearest training points; rank 0 only).
 
         ``sampler``: ``n -> [n, ...]`` samples in the data's space, or the samples themselves; default: the
-        library's ODE sampler (:func:`mmh_train.sampling.sample`) on the denoiser of the latest check, with the
-        EMA weights swapped in when the guard watches an EMA. Other arguments: see
+        library's ODE sampler (:func:`mmh_train.sampling.sample`) on ``denoiser`` (default: the one the latest
+        ``maybe_check`` call saw), with the EMA weights swapped in when the guard watches an EMA. Other arguments: see
         :func:`mmh_train.report.write_guard_report`.
         """
         from ..report.from_guard import write_guard_report  # matplotlib only when a report is written
         from ..sampling import sample
 
+        denoiser = denoiser if denoiser is not None else self.denoiser
         if sampler is None:
-            if self.denoiser is None:
-                raise RuntimeError("no check has run yet, so there is no denoiser to sample: call "
-                                   "guard.maybe_check(...) during training, or pass sampler=.")
-            networks = as_denoiser(self.denoiser).modules()
+            if denoiser is None:
+                raise RuntimeError("the guard has seen no denoiser in this process (no maybe_check call since the "
+                                   "start or the resume): pass denoiser=... (or sampler=...) to write_report.")
+            networks = as_denoiser(denoiser).modules()
             shape = tuple(self.monitor.points().shape[1:])
             device = next((p.device for net in networks for p in net.parameters()), torch.device("cpu"))
 
             def sampler(n: int) -> Tensor:
                 with ema_weights_in(self.ema, networks):
-                    return sample(self.denoiser, (n, *shape), sigma_min=0.02, device=device,
-                                  generator=torch.Generator(device).manual_seed(self.seed))
+                    return sample(denoiser, (n, *shape), sigma_min=0.02, device=device,  # noise drawn on the CPU
+                                  generator=torch.Generator().manual_seed(self.seed))
 
         options.setdefault("seconds", self.seconds)
         return write_guard_report(out_dir, self, sampler=sampler, train_data=train_data, heldout_data=heldout_data,
@@ -296,16 +329,13 @@ class MemorizationGuard:
             return torch.zeros((), device=x.device, dtype=x.dtype)
         if self.penalty_sigma is None:
             self.validate()
-        if self._generator is None:
-            self._generator = torch.Generator(device=x.device).manual_seed(self.seed + self._ops().rank)
-            if self._generator_state is not None:  # resumed: the saved stream, on the batch's device
-                self._generator.set_state(self._generator_state)
+        generator = torch.Generator(device=x.device).manual_seed(derived_seed(self.seed, self._ops().rank, step))
         if indices is not None:
             indices = check_indices(indices, len(self.schedule.point_target) if self.schedule.per_point else None,
                                     allow_repeats=True)
         rows, target, sigma = self.schedule.targets_for(indices, x.shape[0])
         return penalty_on_rows(denoiser, x, self.penalty_sigma if sigma is None else sigma, rows, target, weight,
-                               n_probes=self.penalty_probes, subset=self.penalty_subset, generator=self._generator)
+                               n_probes=self.penalty_probes, subset=self.penalty_subset, generator=generator)
 
     # ------------------------------------------------------------------ state
     def part_state(self, part: str) -> dict[str, Any] | None:
@@ -317,8 +347,7 @@ class MemorizationGuard:
         if part == "penalty":
             if self.schedule is None:
                 return None
-            generator = self._generator.get_state() if self._generator is not None else self._generator_state
-            return {**self.schedule.state_dict(), "generator": generator}
+            return self.schedule.state_dict()
         if part == "stopper":
             if self.stopper is None:
                 return None
@@ -340,7 +369,6 @@ class MemorizationGuard:
             if self.schedule.per_point and not len(self.schedule.point_target):
                 self.validate()  # the per-point size comes from the monitor
             self.schedule.load_state_dict(state)
-            self._generator, self._generator_state = None, state.get("generator")
         elif part == "stopper" and self.stopper is not None:
             self.stopper.load_state_dict(state)
             self.should_stop, self.restored_step = state["should_stop"], state["restored_step"]

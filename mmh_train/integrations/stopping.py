@@ -68,6 +68,8 @@ class MemorizationStopper:
         if not math.isfinite(value):
             return f"{self.monitor} = {value} is not finite" if self.check_finite else None
         if self.stopping_threshold is not None and self._better(value, self.stopping_threshold):
+            if self._better(value, self.best):  # the check that reached the goal is the best one so far
+                self.best, self.improved = value, True
             return f"{self.monitor} = {value:.4g} reached stopping_threshold {self.stopping_threshold}"
         if self.divergence_threshold is not None and self._better(self.divergence_threshold, value):
             return f"{self.monitor} = {value:.4g} diverged past {self.divergence_threshold}"

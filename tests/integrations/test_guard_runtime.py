@@ -184,3 +184,59 @@ def test_lightning_reweighting_without_data_takes_the_monitors_survey_groups(tmp
         assert float(reweight.weights[dup.group == g].sum()) == pytest.approx(float(reweight.weights[~dup.duplicated][0]))
     with pytest.raises(ValueError, match="add an LIDMonitor"):
         trainer(tmp_path / "b", 1, [DuplicateReweighting()]).fit(Mixed(), loader(sample))
+
+
+def test_lightning_restores_the_best_check_at_the_end_even_when_min_steps_trains_on(tmp_path):
+    """The stop at step 4 cannot end training before min_steps=8: the best check (step 2) is restored at the end."""
+    import lightning.pytorch as pl
+
+    sample = toy_data(32)
+    monitor = LIDMonitor(sample.x, sigma=0.1, reference=None, every_n_steps=2, audit_path=False, n_train_probes=4)
+    scripted(monitor.monitor, [0.1, 0.3, 0.4, 0.5, 0.6])
+    stopper = MemorizationEarlyStopping("mmh/collapse", patience=1, tolerance=None, restore_best_weights=True)
+    kept = {}
+
+    class Snapshot(pl.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            if trainer.global_step == 2:
+                kept.update({k: v.clone() for k, v in module.net.state_dict().items()})
+
+    model = Mixed()
+    trainer(tmp_path, 10, [Snapshot(), monitor, stopper], min_steps=8).fit(model, loader(sample, batch_size=16))
+    assert guard_of(model).should_stop and stopper.restored_step == 2 and monitor.monitor.steps[-1] >= 8
+    assert all(torch.equal(v, kept[k]) for k, v in model.net.state_dict().items())
+    second = Mixed()  # a later fit without callbacks: the old guard does not drive the mixin
+    trainer(tmp_path / "again", 1).fit(second, loader(sample, batch_size=16))
+    assert guard_of(second) is None and second.mmh_weighted_loss(torch.tensor([1.0, 3.0]), None) == 2.0
+
+
+def test_a_stop_at_the_threshold_keeps_that_check_as_the_best():
+    stopper = MemorizationStopper("collapse", tolerance=None, stopping_threshold=0.05)
+    assert not stopper.update({"collapse": 0.2}, 1)
+    assert stopper.update({"collapse": 0.01}, 2) and stopper.improved and stopper.best_step == 2
+
+
+def test_until_stopped_reads_no_batch_in_vain():
+    guard = MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None, every_n_steps=1))
+    read = []
+
+    def batches():
+        for i in range(5):
+            read.append(i)
+            yield i
+
+    for batch in guard.until_stopped(batches()):
+        guard.should_stop = batch == 2
+    assert read == [0, 1, 2]
+
+
+def test_per_point_penalty_sizes_are_checked_before_any_work():
+    sample, heldout = toy_data(32), toy_data(32, seed=1)
+    monitor = MemorizationMonitor(sample.x, heldout.x, sigma=0.1)
+    with pytest.raises(ValueError, match="built for 10 points"):
+        MemorizationGuard(monitor, penalty=mmh_train.remedies.PenaltySchedule(n_points=10))
+    with pytest.raises(ValueError, match="a monitor \\(LIDMonitor\\) that labels"):
+        MemorizationGuard(MemorizationMonitor(sample.x, sigma=0.1, reference=None),
+                          penalty=mmh_train.remedies.PenaltySchedule(per_point=True))
+    guard = MemorizationGuard(monitor, penalty=mmh_train.remedies.PenaltySchedule(per_point=True))
+    assert len(guard.schedule.point_target) == 32
