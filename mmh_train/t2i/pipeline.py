@@ -150,7 +150,8 @@ class T2IModel:
         """No gradients for any weight of the pipeline; every module cast to ``dtype`` (e.g. bf16 weights)."""
         for module in [*self.frozen_modules(), self.network]:
             module.requires_grad_(False)
-            module.to(dtype)
+            if any(p.dtype != dtype for p in module.parameters()):  # diffusers logs a warning at every cast
+                module.to(dtype)
 
     def add_lora(self, rank: int, alpha: float | None = None) -> list[nn.Parameter]:
         """Adds a peft LoRA adapter (rank ``rank``) to the attention projections of the network and returns its
