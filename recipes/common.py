@@ -453,7 +453,7 @@ def write_run_report(run_dir: Path, config: Any, *, recipe: str, kind: str, trai
                      audit_csv: Optional[str] = None) -> int:
     """Writes the report of a finished run, prints its summary, and returns the exit code 0.
 
-    ``tables``: the recipe's own :class:`mmh_train.report.ReportTable`\ s; ``audit_csv``: the audit table's file
+    ``tables``: the recipe's own :class:`mmh_train.report.ReportTable` objects; ``audit_csv``: the audit table's file
     name in the run folder (default ``<last variant>/mmh_audit.csv``)."""
     from mmh_train.report import RunRecord, summary_text, write_report
 

@@ -244,5 +244,7 @@ def load_pretrained(path: str | os.PathLike) -> T2IModel:
         pipe = StableDiffusionPipeline.from_pretrained(str(path), local_files_only=True, safety_checker=None,
                                                        feature_extractor=None, requires_safety_checker=False)
     else:
-        pipe = StableDiffusion3Pipeline.from_pretrained(str(path), local_files_only=True)
+        absent = {name: None for name in ("text_encoder_3", "tokenizer_3", "image_encoder", "feature_extractor")
+                  if not (Path(path) / name).is_dir()}  # optional parts (an SD3 folder saved without T5)
+        pipe = StableDiffusion3Pipeline.from_pretrained(str(path), local_files_only=True, **absent)
     return T2IModel.from_pipeline(pipe, family)
