@@ -111,6 +111,7 @@ class ProbeConditioning:
         """The error of a network call with this conditioning bound, with the bound shapes and the fix."""
         shapes = ", ".join(f"{key} {tuple(value[positions].shape)}" for key, value in self.per_probe.items())
         return ValueError(f"measuring LID_θ(x | c) failed with the per-probe conditioning bound ({shapes}): "
-                          f"{type(error).__name__}: {str(error).rstrip('.')}. If a shape is the cause: each keyword needs one row per probe, shaped as the "
-                          f"network takes it for one sample in its own call (e.g. UNet2DConditionModel: "
+                          f"{type(error).__name__}: {str(error).rstrip('.')}. If a shape is the cause: each keyword "
+                          f"needs one row per probe, shaped as the network takes it for one sample in its own call "
+                          f"(e.g. UNet2DConditionModel: "
                           f"encoder_hidden_states [B, L, cross_attention_dim]). {_FIX['encoder_hidden_states']}")

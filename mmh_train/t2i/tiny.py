@@ -102,9 +102,10 @@ def tiny_pipeline(family: str = "unet", *, seed: int = 0) -> T2IModel:
                 block_out_channels=(16, 32), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                 up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32, attention_head_dim=4,
                 norm_num_groups=8)
+            scheduler = DDPMScheduler(num_train_timesteps=1000, clip_sample=False, steps_offset=1)
             pipe = StableDiffusionPipeline(vae=vae, text_encoder=CLIPTextModel(config), tokenizer=tokenizer, unet=unet,
-                                           scheduler=DDPMScheduler(num_train_timesteps=1000, clip_sample=False, steps_offset=1), safety_checker=None,
-                                           feature_extractor=None, requires_safety_checker=False)
+                                           scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                           requires_safety_checker=False)
         else:
             transformer = SD3Transformer2DModel(
                 sample_size=TINY_IMAGE_SIZE // 2, patch_size=1, in_channels=4, out_channels=4, num_layers=1,
