@@ -87,6 +87,12 @@ def check_config(cfg: T2IConfig) -> None:
     if cfg.remedies.penalty or cfg.remedies.compare:
         raise ConfigError("this recipe trains one LoRA with reweighting and early stopping: set remedies.penalty=false "
                           "and remedies.compare=false (the LID penalty is offered by recipes/digits_accelerate.py).")
+    if cfg.train.objective != "ddpm":
+        raise ConfigError("the pipeline's scheduler decides the objective here (DDPM for a UNet, rectified flow for "
+                          "SD3): leave train.objective at its default.")
+    if cfg.monitor.reference == "truth":
+        raise ConfigError("monitor.reference='truth' needs data with known LID (the toy recipe); use 'auto' (the "
+                          "held-out null), 'data' or 'heldout'.")
     if cfg.model.lora_rank < 1:
         raise ConfigError(f"model.lora_rank={cfg.model.lora_rank} must be ≥ 1.")
     if cfg.train.resume is not None and not Path(cfg.train.resume).is_dir():
@@ -166,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         progress.step += 1
         start = time.perf_counter()
         caption = {key: value[index.cpu()].to(z0.device) for key, value in c_train.items()}  # each image's own
-        noisy, t, target = noisy_latents(model, z0, torch.randn_like(z0))
+        noisy, t, target = noisy_latents(model, z0, torch.randn_like(z0), cfg.train.max_timestep)
         per_sample = (net(noisy, t, **caption).float() - target).pow(2).flatten(1).mean(1)
         accelerator.backward(guard.weighted_loss(per_sample, index))
         optimizer.step()

@@ -107,17 +107,19 @@ def embed_captions(model: T2IModel, train: tuple[str, ...], heldout: tuple[str, 
     return rows(train), rows(heldout), rows([""])
 
 
-def noisy_latents(model: T2IModel, z0: Tensor, noise: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def noisy_latents(model: T2IModel, z0: Tensor, noise: Tensor,
+                  max_timestep: int = 1000) -> tuple[Tensor, Tensor, Tensor]:
     """The network's input, time and regression target for clean latents ``z0 [B, C, h, w]``.
 
-    UNet family (ᾱ table): y = √ᾱ·z0 + √(1−ᾱ)·ε at an integer timestep; the target follows the scheduler's
-    ``prediction_type`` (ε, v = √ᾱ·ε − √(1−ᾱ)·z0, or z0). SD3 family (rectified flow, data at t = 0):
-    y = (1−s)·z0 + s·ε with s ~ U(0, 1), network time s·T, target the velocity ε − z0 (science.md §2).
+    UNet family (ᾱ table): y = √ᾱ·z0 + √(1−ᾱ)·ε at an integer timestep below ``max_timestep``; the target
+    follows the scheduler's ``prediction_type`` (ε, v = √ᾱ·ε − √(1−ᾱ)·z0, or z0). SD3 family (rectified flow,
+    data at t = 0): y = (1−s)·z0 + s·ε with s ~ U(0, 1), network time s·T, target the velocity ε − z0
+    (science.md §2).
     """
     scheduler, batch = model.scheduler, z0.shape[0]
     steps = scheduler.config.num_train_timesteps
     if model.family == "unet":
-        t = torch.randint(0, steps, (batch,), device=z0.device)
+        t = torch.randint(0, min(steps, max_timestep), (batch,), device=z0.device)
         kind = scheduler.config.prediction_type
         target = {"epsilon": lambda: noise, "sample": lambda: z0,
                   "v_prediction": lambda: scheduler.get_velocity(z0, noise, t)}[kind]()
