@@ -145,11 +145,12 @@ def test_sd3_transformer_with_a_flow_scheduler_under_the_monitor():
     assert torch.isfinite(monitor.check(den, 1).lid_train).all()
 
 
-def test_local_pipeline_folders_load_offline_and_anything_else_is_refused(tmp_path):
-    model = tiny_pipeline("unet")
-    model.pipeline.save_pretrained(tmp_path / "sd")
-    assert pipeline_family(tmp_path / "sd") == "unet"
-    loaded = load_pretrained(tmp_path / "sd")
+@pytest.mark.parametrize("family", ["unet", "sd3"])
+def test_local_pipeline_folders_load_offline(tmp_path, family):
+    model = tiny_pipeline(family)
+    model.pipeline.save_pretrained(tmp_path / "pipe")  # an SD3 folder without T5: text_encoder_3 stays None
+    assert pipeline_family(tmp_path / "pipe") == family
+    loaded = load_pretrained(tmp_path / "pipe")
     z = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
     emb = model.encode_prompts(["a", "b"])
     for m in (model, loaded):
@@ -157,11 +158,20 @@ def test_local_pipeline_folders_load_offline_and_anything_else_is_refused(tmp_pa
     with torch.no_grad():
         torch.testing.assert_close(loaded.conditioned_network()(z, torch.tensor([5, 5]), **emb),
                                    model.conditioned_network()(z, torch.tensor([5, 5]), **emb))
-    torch.testing.assert_close(loaded.encode_prompts(["a", "b"])["encoder_hidden_states"], emb["encoder_hidden_states"])
+    if family == "unet":
+        torch.testing.assert_close(loaded.encode_prompts(["a", "b"]), emb)
+
+
+def test_anything_but_a_pipeline_folder_is_refused_with_the_layout(tmp_path):
     (tmp_path / "file.safetensors").write_bytes(b"x")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "other").mkdir()
+    index = '{"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"]}'  # an unconditional pipeline
+    (tmp_path / "other" / "model_index.json").write_text(index)
+    (tmp_path / "other" / "unet").mkdir()
     for path, message in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "file.safetensors", "not a folder"),
-                          (tmp_path / "empty", "no model_index.json"), (tmp_path / "sd" / "unet", "no model_index")):
+                          (tmp_path / "empty", "no model_index.json"),
+                          (tmp_path / "other", "subfolder.s. vae, text_encoder, tokenizer, scheduler are missing")):
         with pytest.raises((ValueError, FileNotFoundError), match=message) as error:
             pipeline_family(path)
         assert "PATH/unet/config.json" in str(error.value)  # the expected layout is shown
