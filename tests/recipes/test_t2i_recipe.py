@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("peft")
 pytest.importorskip("transformers")
@@ -19,7 +20,7 @@ sys.path.insert(0, str(ROOT / "recipes"))  # recipes import their sibling module
 
 import t2i_lora  # noqa: E402
 
-TINY = ["model.tiny=true", "train.steps=2", "monitor.every_n_steps=2", "train.checkpoint_every=2",
+TINY = ["model.tiny=true", "train.steps=8", "monitor.every_n_steps=4", "train.checkpoint_every=4",
         "train.n_samples=8", "train.sample_steps=4"]
 
 
@@ -38,16 +39,23 @@ def test_tiny_pipeline_end_to_end_writes_the_report_and_one_audit_row_per_image(
     assert "lid_unconditional" in md and "seconds_per_check" in md and "monitor_share" in md
     rows = list(csv.DictReader((first_run / "model" / "mmh_audit.csv").open()))
     assert len(rows) == 32 and [int(r["index"]) for r in rows] == list(range(32))  # every training image
-    assert all(r["lid_c@step2"] and r["lid_uncond"] and r["label"] == "none" for r in rows)
+    assert all(r["lid_c@step4"] and r["lid_c@step8"] and r["lid_uncond"] and r["label"] for r in rows)
     assert rows[0]["caption"].startswith("a photo of the digit ")
 
 
-def test_resume_continues_the_monitors_history(first_run, tmp_path):
-    checkpoint = first_run / "checkpoints" / "step_2"
-    assert t2i_lora.main([f"out_dir={tmp_path}", *TINY, "train.steps=4", f"train.resume={checkpoint}"]) == 0
-    header = (tmp_path / "model" / "mmh_audit.csv").read_text().splitlines()[0]
-    assert "lid_c@step2,lid_c@step4,lid_uncond" in header  # both monitors came back with the state
-    assert "weights of step" in (tmp_path / "report.md").read_text()
+def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(first_run, tmp_path):
+    """Resumed from step 4 (32 images in batches of 8: an epoch boundary), the LoRA weights at step 8 equal the
+    uninterrupted run's bit for bit, and both monitors' histories came back with the state."""
+    from safetensors.torch import load_file
+
+    checkpoint = first_run / "checkpoints" / "step_4"
+    assert t2i_lora.main([f"out_dir={tmp_path}", *TINY, f"train.resume={checkpoint}"]) == 0
+    whole, parts = (load_file(run / "checkpoints" / "step_8" / "model.safetensors") for run in (first_run, tmp_path))
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
+    assert any("lora_B" in k for k in whole)
+    audit = (tmp_path / "model" / "mmh_audit.csv").read_text()
+    assert audit.splitlines()[0].startswith("index,file,caption,lid_c@step4,lid_c@step8,lid_uncond,")
+    assert audit == (first_run / "model" / "mmh_audit.csv").read_text()
 
 
 def test_two_processes_under_accelerate_launch(tmp_path):
