@@ -16,11 +16,12 @@ either family is refused before any weight is read, with the layout it should ha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -172,13 +173,8 @@ class T2IModel:
     def encode_prompts(self, prompts: list[str], *, batch_size: int = 64) -> dict[str, Tensor]:
         """Each prompt's conditioning, ``{"encoder_hidden_states": [N, L, D]}`` (+ ``"pooled_projections":
         [N, P]`` for SD3), float32 on the CPU, by the frozen text encoder(s) in eval mode (modes restored)."""
-        modules = self.frozen_modules()
-        modes = [m.training for m in modules]
-        device = self.network.device
-        parts: dict[str, list[Tensor]] = {}
-        try:
-            for m in modules:
-                m.eval()
+        device, parts = self.network.device, {}
+        with _evaluating(self.frozen_modules()):
             for start in range(0, len(prompts), batch_size):
                 chunk = list(prompts[start:start + batch_size])
                 if self.family == "unet":
@@ -191,9 +187,6 @@ class T2IModel:
                     out = {"encoder_hidden_states": hidden, "pooled_projections": pooled}
                 for key, value in out.items():
                     parts.setdefault(key, []).append(value.float().cpu())
-        finally:
-            for m, mode in zip(modules, modes):
-                m.train(mode)
         return {key: torch.cat(values) for key, values in parts.items()}
 
     def _latent_affine(self) -> tuple[float, float]:
@@ -205,33 +198,33 @@ class T2IModel:
         """Images ``[N, 3, H, W]`` in ``[−1, 1]`` → latents ``[N, C, H/f, W/f]`` float32 on the CPU:
         (posterior mean − shift) × scaling factor, deterministic (no sampling from the posterior)."""
         scale, shift = self._latent_affine()
-        vae, out = self.vae, []
-        mode = vae.training
-        vae.eval()
-        try:
-            dtype = next(vae.parameters()).dtype
-            for chunk in images.split(batch_size):
-                mean = vae.encode(chunk.to(vae.device, dtype)).latent_dist.mean
-                out.append(((mean.float() - shift) * scale).cpu())
-        finally:
-            vae.train(mode)
-        return torch.cat(out)
+        vae, dtype = self.vae, next(self.vae.parameters()).dtype
+        with _evaluating([vae]):
+            means = [vae.encode(chunk.to(vae.device, dtype)).latent_dist.mean for chunk in images.split(batch_size)]
+        return torch.cat([(mean.float().cpu() - shift) * scale for mean in means])
 
     @torch.no_grad()
     def decode_latents(self, latents: Tensor, *, batch_size: int = 32) -> Tensor:
         """Latents ``[N, C, h, w]`` → images ``[N, 3, H, W]`` float32 in ``[−1, 1]`` on the CPU."""
         scale, shift = self._latent_affine()
-        vae, out = self.vae, []
-        mode = vae.training
-        vae.eval()
-        try:
-            dtype = next(vae.parameters()).dtype
-            for chunk in latents.split(batch_size):
-                image = vae.decode((chunk / scale + shift).to(vae.device, dtype)).sample
-                out.append(image.float().clamp(-1, 1).cpu())
-        finally:
-            vae.train(mode)
-        return torch.cat(out)
+        vae, dtype = self.vae, next(self.vae.parameters()).dtype
+        with _evaluating([vae]):
+            images = [vae.decode((chunk / scale + shift).to(vae.device, dtype)).sample
+                      for chunk in latents.split(batch_size)]
+        return torch.cat([image.float().clamp(-1, 1).cpu() for image in images])
+
+
+@contextlib.contextmanager
+def _evaluating(modules: list[nn.Module]) -> Iterator[None]:
+    """Eval mode for ``modules`` inside, each submodule's own train/eval flag restored after."""
+    saved = [(m, m.training) for root in modules for m in root.modules()]
+    try:
+        for root in modules:
+            root.eval()
+        yield
+    finally:
+        for m, training in saved:
+            m.training = training
 
 
 def load_pretrained(path: str | os.PathLike) -> T2IModel:

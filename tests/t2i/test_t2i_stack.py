@@ -175,3 +175,21 @@ def test_anything_but_a_pipeline_folder_is_refused_with_the_layout(tmp_path):
         with pytest.raises((ValueError, FileNotFoundError), match=message) as error:
             pipeline_family(path)
         assert "PATH/unet/config.json" in str(error.value)  # the expected layout is shown
+
+
+def test_latents_and_captions_are_deterministic_and_leave_modes_and_the_global_rng_alone():
+    model = tiny_pipeline("unet")
+    data = captioned_digits(3)
+    vae, text_encoder = model.vae, model.pipeline.text_encoder
+    vae.train()
+    vae.encoder.conv_in.eval()  # a submodule the user froze in eval mode stays so
+    text_encoder.train()
+    modes = [m.training for m in (*vae.modules(), *text_encoder.modules())]
+    state = torch.get_rng_state()
+    z1, z2 = model.encode_images(data.images), model.encode_images(data.images)
+    emb = model.encode_prompts(list(data.captions))
+    assert torch.equal(z1, z2) and z1.shape == (3, 4, 8, 8)  # the posterior mean, no sampling
+    assert emb["encoder_hidden_states"].shape == (3, 32, 32)
+    assert model.decode_latents(z1).shape == (3, 3, 16, 16)
+    assert [m.training for m in (*vae.modules(), *text_encoder.modules())] == modes
+    assert torch.equal(torch.get_rng_state(), state)
