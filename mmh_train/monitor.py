@@ -247,7 +247,12 @@ class MemorizationMonitor:
             den = self.conditioning.bind(denoiser, batch, device) if self.conditioning is not None else denoiser
             for s, sigma in enumerate(self.sigmas):
                 generator = torch.Generator(device=device).manual_seed(derived_seed(self.seed, check_index, b, s))
-                lid = self.estimator(den, x, sigma, generator=generator, **self.estimator_options)
+                try:
+                    lid = self.estimator(den, x, sigma, generator=generator, **self.estimator_options)
+                except (RuntimeError, ValueError, TypeError) as error:  # a shape the network cannot take
+                    if self.conditioning is None:
+                        raise
+                    raise self.conditioning.explain(error, batch) from error
                 values[s, batch] = lid.detach().to("cpu", torch.float64)
             counted[batch] = 1.0
             mine += len(batch)

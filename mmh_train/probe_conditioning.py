@@ -15,6 +15,11 @@ from torch import Tensor
 
 __all__ = ["ProbeConditioning"]
 
+_FIX = {"encoder_hidden_states": "Pass the text encoder's per-token output for each caption (its last_hidden_state, "
+                                 "e.g. pipeline.encode_prompt(...)[0], [N, L, D]), not a pooled [N, D] vector (that "
+                                 "one needs [:, None, :]), from the text encoder this network was trained with.",
+        "pooled_projections": "Pass the pooled text embedding of each caption (SD3: encode_prompt(...)[2], [N, P])."}
+
 
 def _check(conditions: Any, size: int, name: str) -> dict[str, Tensor]:
     if not isinstance(conditions, dict) or not conditions:
@@ -53,6 +58,7 @@ class ProbeConditioning:
         else:
             self.heldout = None
         self.per_probe: dict[str, Tensor] | None = None
+        self._checked: set[tuple[int, ...]] = set()  # networks whose shapes were checked
 
     def gather(self, train_index: Tensor, heldout_index: Tensor) -> None:
         """Each probe's rows, train probes first (as the monitor orders them)."""
@@ -70,4 +76,42 @@ class ProbeConditioning:
                             f"arguments through .bind(...): wrap the network with a parameterization "
                             f"(mmh_train.diffusers_denoiser(unet, scheduler), vp_denoiser(net), ...); got "
                             f"{type(denoiser).__name__}.")
+        self.check_against(denoiser)
         return denoiser.bind(**{key: value[positions].to(device) for key, value in self.per_probe.items()})
+
+    def check_against(self, denoiser: Any) -> None:
+        """Refuses, before any network call, conditioning whose shape a known diffusers network cannot take:
+        ``encoder_hidden_states`` must be ``[N, L, D]`` with D the network's ``cross_attention_dim``
+        (``UNet2DConditionModel``) or ``joint_attention_dim`` (``SD3Transformer2DModel``); ``pooled_projections``
+        ``[N, pooled_projection_dim]``. Other networks and keywords are left to :meth:`explain`."""
+        modules = getattr(denoiser, "modules", lambda: [])()
+        key = tuple(id(m) for m in modules)
+        if key in self._checked:
+            return
+        for network in modules:
+            for part in network.modules():
+                config = getattr(part, "config", None)
+                if config is None or not hasattr(config, "get"):
+                    continue
+                width = config.get("cross_attention_dim") or config.get("joint_attention_dim")
+                expected = {"encoder_hidden_states": (3, width, "[N, L, D]"),
+                            "pooled_projections": (2, config.get("pooled_projection_dim"), "[N, P]")}
+                for name, (dims, size, layout) in expected.items():
+                    value = self.per_probe.get(name)
+                    if value is None or not isinstance(size, int):
+                        continue
+                    if value.dim() != dims or value.shape[-1] != size:
+                        raise ValueError(
+                            f"conditioning[{name!r}] has shape {tuple(value.shape)} per probe set, but "
+                            f"{type(part).__name__} takes {name} {layout} with last dimension {size}. "
+                            f"{_FIX[name]}")
+        self._checked.add(key)
+
+    def explain(self, error: Exception, positions: Tensor) -> ValueError:
+        """The error of a network call with this conditioning bound, with the bound shapes and the fix."""
+        shapes = ", ".join(f"{key} {tuple(value[positions].shape)}" for key, value in self.per_probe.items())
+        return ValueError(f"measuring LID_θ(x | c) failed with the per-probe conditioning bound ({shapes}): "
+                          f"{type(error).__name__}: {str(error).rstrip('.')}. If a shape is the cause: each keyword "
+                          f"needs one row per probe, shaped as the network takes it for one sample in its own call "
+                          f"(e.g. UNet2DConditionModel: "
+                          f"encoder_hidden_states [B, L, cross_attention_dim]). {_FIX['encoder_hidden_states']}")

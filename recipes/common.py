@@ -297,11 +297,14 @@ def variant_result(name: str, module: Diffusion, callbacks: list[pl.Callback], t
 
 def result_from_monitor(name: str, denoiser: Any, monitor: mmh_train.MemorizationMonitor, notes: dict[str, str],
                         train: TrainConfig, train_x: Tensor, heldout_x: Tensor, seconds: float,
-                        *, restored_step: Optional[int] = None):
-    """Samples ``denoiser`` and packs it for the report (:func:`mmh_train.report.variant_from_monitor`)."""
+                        *, restored_step: Optional[int] = None, samples: Optional[Tensor] = None):
+    """Samples ``denoiser`` and packs it for the report (:func:`mmh_train.report.variant_from_monitor`).
+    ``samples`` (shaped like ``train_x``) replaces the sampling, e.g. latents decoded to images by a
+    text-to-image run."""
     # σ from 80 down to 0.02: inside the DDPM table's range [0.01, 157], and any range suits a flow.
-    generated = sample(denoiser, (train.n_samples, *train_x.shape[1:]), steps=train.sample_steps,
-                       sigma_min=0.02, sigma_max=80.0, generator=torch.Generator().manual_seed(train.seed + 1))
+    generated = samples if samples is not None else sample(
+        denoiser, (train.n_samples, *train_x.shape[1:]), steps=train.sample_steps, sigma_min=0.02, sigma_max=80.0,
+        generator=torch.Generator().manual_seed(train.seed + 1))
     control = copy_control(train_x, heldout_x)
     if control is not None and len(control) < len(heldout_x):
         print(f"note: {len(heldout_x) - len(control)} held-out points equal a training point; the copy control "
@@ -386,13 +389,18 @@ def start_run(config: Any, *, default_threads: Optional[int] = None) -> Path:
 
 
 def write_run_report(run_dir: Path, config: Any, *, recipe: str, kind: str, train_x: Tensor, heldout_x: Tensor,
-                     variants: list, duplicated: Optional[Tensor] = None) -> int:
-    """Writes the report of a finished run, prints its summary, and returns the exit code 0."""
+                     variants: list, duplicated: Optional[Tensor] = None, tables: tuple = (),
+                     audit_csv: Optional[str] = None) -> int:
+    """Writes the report of a finished run, prints its summary, and returns the exit code 0.
+
+    ``tables``: the recipe's own :class:`mmh_train.report.ReportTable` objects; ``audit_csv``: the audit table's file
+    name in the run folder (default ``<last variant>/mmh_audit.csv``)."""
     from mmh_train.report import RunRecord, summary_text, write_report
 
     record = RunRecord(recipe=recipe, kind=kind, config=config_dict(config), train_x=train_x, heldout_x=heldout_x,
                        variants=variants, duplicated=duplicated if duplicated is not None and duplicated.any() else None,
-                       machine=machine(), command=command(), audit_csv=f"{variants[-1].name}/mmh_audit.csv")
+                       machine=machine(), command=command(),
+                       audit_csv=audit_csv or f"{variants[-1].name}/mmh_audit.csv", tables=tuple(tables))
     report = write_report(run_dir, record)
     print(summary_text(record))
     print(f"\nreport: {report}")

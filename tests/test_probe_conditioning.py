@@ -51,3 +51,19 @@ def test_conditioning_is_checked_before_any_work():
                                   heldout_conditioning={"class_labels": held_labels})
     with pytest.raises(TypeError, match="must take keyword arguments through .bind"):
         monitor.check(lambda x, s: x, step=1)
+
+
+def test_a_network_that_cannot_take_the_bound_conditioning_fails_with_the_shapes_and_the_fix():
+    class Net(torch.nn.Module):  # wants a 5-wide condition per sample
+        def __init__(self):
+            super().__init__()
+            self.project = torch.nn.Linear(5, 1)
+
+        def forward(self, y, t, cond):
+            return y * self.project(cond)
+
+    train, _ = data(10, 0)
+    monitor = MemorizationMonitor(train.float(), None, sigma=0.1, every_n_steps=1, reference=None,
+                                  conditioning={"cond": torch.zeros(10, 4)})
+    with pytest.raises(ValueError, match=r"conditioning bound \(cond \(10, 4\)\).*mat1 and mat2.*one row per probe"):
+        monitor.check(mmh_train.ve_denoiser(Net()), step=1)

@@ -26,6 +26,17 @@ def _cpu(t: Tensor) -> Tensor:
     return t.detach().to("cpu", copy=True)
 
 
+def _trained_state(net: nn.Module) -> dict[str, Any]:
+    """The entries of ``net.state_dict()`` that training changes: trainable parameters and buffers (all of it when
+    no parameter requires grad)."""
+    full = net.state_dict()
+    trainable = {name for name, p in net.named_parameters() if p.requires_grad}
+    if not trainable:
+        return full
+    keep = trainable | {name for name, _ in net.named_buffers()}
+    return {k: v for k, v in full.items() if k in keep}
+
+
 class BestWeights:
     """One copy of the best check's weights.
 
@@ -51,8 +62,12 @@ class BestWeights:
 
     @staticmethod
     def take(networks: Sequence[nn.Module], ema: Any | None) -> Snapshot:
-        """A CPU copy of the networks' ``state_dict`` (``[dict]``, one per network) and the EMA's shadow weights."""
-        return {"networks": [{k: _cpu(v) for k, v in net.state_dict().items()} for net in networks],
+        """A CPU copy of what training changes in each network (``[dict]``, one per network) and the EMA's weights.
+
+        What training changes: the parameters that require grad, and the buffers. A LoRA fine-tune keeps only
+        its adapters (megabytes, not the frozen UNet's gigabytes); a network with nothing trainable, all of it.
+        """
+        return {"networks": [{k: _cpu(v) for k, v in _trained_state(net).items()} for net in networks],
                 "ema": [_cpu(p) for p in ema.shadow_params] if ema is not None else None}
 
     def keep(self, networks: Sequence[nn.Module], ema: Any | None, step: int, *, rank: int = 0) -> None:
@@ -86,7 +101,10 @@ class BestWeights:
             raise ValueError(f"the best weights hold {len(snapshot['networks'])} networks but the denoiser has "
                              f"{len(networks)}; pass the same denoiser at every check.")
         for net, state in zip(networks, snapshot["networks"]):
-            net.load_state_dict(state)
+            unexpected = net.load_state_dict(state, strict=False).unexpected_keys
+            if unexpected:
+                raise ValueError(f"the kept weights name {unexpected[:3]} ..., which this network does not have; pass "
+                                 f"the same denoiser (the same network) at every check.")
         if ema is not None and snapshot["ema"] is not None:
             with torch.no_grad():
                 for shadow, saved in zip(ema.shadow_params, snapshot["ema"]):

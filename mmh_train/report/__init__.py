@@ -19,6 +19,7 @@ from .plots import figure_png, plot_lid_over_training, plot_lid_scatter, plot_sa
 from .record import (
     COPY_THRESHOLD,
     RecordError,
+    ReportTable,
     RunRecord,
     VariantResult,
     forward_fill,
@@ -32,7 +33,7 @@ from .write import PLOT_FILES, SUMMARY_MAX_LINES, summary_text, write_report
 from .from_guard import copy_control, guard_notes, variant_from_monitor, write_guard_report
 
 __all__ = [
-    "RunRecord", "VariantResult", "RecordError", "validate_record", "write_report", "summary_text",
+    "RunRecord", "ReportTable", "VariantResult", "RecordError", "validate_record", "write_report", "summary_text",
     "plot_lid_over_training", "plot_lid_scatter", "plot_samples", "figure_png",
     "final_lid", "forward_fill", "last_lid", "label_counts", "top_memorized",
     "COPY_THRESHOLD", "PLOT_FILES", "SUMMARY_MAX_LINES",

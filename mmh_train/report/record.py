@@ -22,7 +22,7 @@ from ..history import forward_fill as fill_forward
 from ..memorization import LABEL_NAMES
 
 __all__ = [
-    "VariantResult", "RunRecord", "RecordError", "validate_record",
+    "VariantResult", "RunRecord", "ReportTable", "RecordError", "validate_record",
     "forward_fill", "last_lid", "final_lid", "measured_mask", "label_counts", "top_memorized", "COPY_THRESHOLD",
 ]
 
@@ -112,6 +112,8 @@ class RunRecord:
         machine: where it ran, e.g. ``"2-core CPU, torch 2.13.0"``.
         command: the command that produced the run.
         audit_csv: file name (relative to the run folder) of the per-sample audit table, or None.
+        tables: extra tables a recipe adds (e.g. per-image LID with and without the caption), shown after the
+            most memorized points.
     """
 
     recipe: str
@@ -124,6 +126,17 @@ class RunRecord:
     machine: str
     command: str
     audit_csv: str | None
+    tables: tuple["ReportTable", ...] = ()
+
+
+@dataclass(frozen=True)
+class ReportTable:
+    """A recipe's own table in the report: a heading, a sentence saying what it shows, a header and rows of text."""
+
+    title: str
+    text: str
+    header: tuple[str, ...]
+    rows: tuple[tuple[str, ...], ...]
 
 
 class RecordError(ValueError):
@@ -194,6 +207,12 @@ def validate_record(record: Any) -> None:
             problems.append(f"{name} must be a string; got {type(getattr(record, name)).__name__}.")
     if record.audit_csv is not None and not isinstance(record.audit_csv, str):
         problems.append(f"audit_csv must be a file name (str) or None; got {type(record.audit_csv).__name__}.")
+    for t, table in enumerate(record.tables):
+        if not isinstance(table, ReportTable):
+            problems.append(f"tables[{t}] must be a ReportTable; got {type(table).__name__}.")
+        elif any(len(row) != len(table.header) for row in table.rows):
+            problems.append(f"tables[{t}] ({table.title!r}) has rows whose length differs from its header's "
+                            f"({len(table.header)}).")
 
     variants = record.variants
     if not isinstance(variants, (list, tuple)) or len(variants) == 0:

@@ -246,6 +246,9 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
         else:
             out.append(B("p", "no measured probes."))
 
+    for table in record.tables:
+        out += [B("h2", table.title), B("p", table.text), B("table", header=table.header, rows=table.rows)]
+
     out.append(B("h2", "Remedies"))
     items = []
     for v in record.variants:

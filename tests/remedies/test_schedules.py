@@ -54,7 +54,7 @@ def test_the_penalty_on_flagged_rows_is_their_hinge_summed_over_the_batch():
 
 def test_the_guard_penalises_only_flagged_batch_rows():
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
-    monitor = MemorizationMonitor(x, sigma=1.0, reference=None)
+    monitor = MemorizationMonitor(x, sigma=1.0, reference=torch.full((6,), 2.0))  # a monitor that labels
     guard = MemorizationGuard(monitor, penalty=PenaltySchedule(n_points=6, max_weight=1.0), penalty_subset=None)
     assert guard.penalty_sigma == 1.0  # the monitor's primary σ
     guard.schedule.update(_result(10, [2, 5], [OD, OD], [50.0, 50.0], 1.0))
@@ -80,7 +80,7 @@ def test_per_point_targets_follow_the_noise_level_that_decided_each_verdict():
 
 def test_bad_uses_of_the_per_point_penalty_fail_early_and_leave_the_global_rng_alone():
     x = torch.randn(6, 2, generator=torch.Generator().manual_seed(0))
-    guard = MemorizationGuard(MemorizationMonitor(x, sigma=1.0, reference=None),
+    guard = MemorizationGuard(MemorizationMonitor(x, sigma=1.0, reference=torch.full((6,), 2.0)),
                               penalty=PenaltySchedule(n_points=6))
     with pytest.raises(ValueError, match="indices=index"):  # before any point is flagged, not later
         guard.penalty(lambda y, s: 0.0 * y, x, 1)
