@@ -32,7 +32,7 @@ from .probes import InputFn, choose_probe_indices, dataset_size, derived_seed, g
 from .history import latest_measured
 from .reference_choice import ReferenceLID
 from .monitor_checks import (check_estimator, check_heldout_shape, check_numbers, check_options, check_sigma_argument,
-                             resolve_rule)
+                             resolve_rule, warn_few_heldout)
 from .survey import DataSurvey, sigma_grid, survey_training_data
 from .verdicts import calibrated_labels
 from .views import comparison_view
@@ -42,8 +42,6 @@ __all__ = ["MemorizationMonitor", "CheckResult", "ESTIMATORS"]
 Estimator = Callable[..., Tensor]
 #: Inputs up to this flattened size get FLIPD's exact trace in the monitor; larger ones one Hutchinson probe.
 MONITOR_EXACT_MAX_DIM = 64
-#: Fewer held-out probes than this make the held-out null's spread unreliable: the monitor warns.
-MIN_HELDOUT_PROBES = 16
 #: Named estimators; any callable ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]`` works too.
 ESTIMATORS: dict[str, Estimator] = {"flipd": flipd, "normal_bundle": normal_bundle_lid}
 
@@ -136,12 +134,7 @@ class MemorizationMonitor:
             self.conditioning.gather(self.train_index, self.heldout_index)
         elif heldout_conditioning is not None:
             raise ValueError("heldout_conditioning needs conditioning for the training points too.")
-        if self.rule == "heldout_null" and len(self.heldout_index) < MIN_HELDOUT_PROBES:
-            warnings.warn(f"the verdicts compare each training probe with held-out probes, and only "
-                          f"{len(self.heldout_index)} are held out: the null's spread is then underestimated and "
-                          f"labels come by chance (an untrained UNet with 5 held-out images got 46% of its training "
-                          f"images labelled). Hold out at least {MIN_HELDOUT_PROBES} points (64 by default).",
-                          RuntimeWarning, stacklevel=2)
+        warn_few_heldout(self.rule, len(self.heldout_index))
         self.train_data, self.heldout_data, self.input_fn = train_data, heldout_data, input_fn
         self.survey: DataSurvey | None = None
         self._survey_options = survey_options
@@ -186,11 +179,8 @@ class MemorizationMonitor:
         return self.check(denoiser, step, epoch=epoch)
 
     def data_survey(self) -> DataSurvey:
-        """The one streamed pass over the training set (comparison view, duplicate groups, spacing), made once.
-
-        Its duplicate groups are the ones the verdicts call DD and the ones ``MemorizationGuard(weights=
-        "survey")`` reweights: one answer for "which points are copies" across the library.
-        """
+        """The one streamed pass over the training set (view, duplicate groups, spacing), made once; its groups
+        are the ones the verdicts call DD and ``MemorizationGuard(weights="survey")`` reweights."""
         if self.survey is None:
             self.survey = survey_training_data(self.train_data, self.train_index, input_fn=self.input_fn,
                                                **self._survey_options)
@@ -385,21 +375,11 @@ class MemorizationMonitor:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: probe indices (for verification), history, rotation, cached LID*."""
-        return {
-            "version": 1,
-            "train_index": self.train_index.clone(),
-            "heldout_index": self.heldout_index.clone(),
-            "sigmas": list(self.sigmas),
-            "seed": self.seed,
-            "history": self.history_tensor().clone(),
-            "nonfinite": (torch.stack(self.nonfinite) if self.nonfinite
-                          else torch.zeros(0, self.n_probes, dtype=torch.bool)),
-            "steps": list(self.steps),
-            "epochs": list(self.epochs),
-            "pointer": self.pointer,
-            "seconds_per_point": self.seconds_per_point,
-            "reference": self.reference.state_dict(),
-        }
+        nonfinite = torch.stack(self.nonfinite) if self.nonfinite else torch.zeros(0, self.n_probes, dtype=torch.bool)
+        return {"version": 1, "train_index": self.train_index.clone(), "heldout_index": self.heldout_index.clone(),
+                "sigmas": list(self.sigmas), "seed": self.seed, "history": self.history_tensor().clone(),
+                "nonfinite": nonfinite, "steps": list(self.steps), "epochs": list(self.epochs), "pointer": self.pointer,
+                "seconds_per_point": self.seconds_per_point, "reference": self.reference.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`; refuses a state made with other probes, σ or seed."""

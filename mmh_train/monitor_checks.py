@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from typing import Any
 
 import torch
@@ -122,3 +123,16 @@ def check_heldout_shape(train_data: Any, heldout_data: Any, input_fn: InputFn | 
         raise ValueError(f"held-out points have shape {tuple(first_held.shape[1:])} but training points "
                          f"have {tuple(first_train.shape[1:])}; pass held-out data in the training data's "
                          f"space (same resolution, channels and preprocessing).")
+
+
+#: Fewer held-out probes than this make the held-out null's spread unreliable: the monitor warns.
+MIN_HELDOUT_PROBES = 16
+
+
+def warn_few_heldout(rule: str, n_heldout_probes: int) -> None:
+    """Warns when the held-out null rests on fewer than :data:`MIN_HELDOUT_PROBES` probes."""
+    if rule == "heldout_null" and n_heldout_probes < MIN_HELDOUT_PROBES:
+        warnings.warn(f"the verdicts compare each training probe with held-out probes, and only {n_heldout_probes} "
+                      f"are held out: the null's spread is then underestimated and labels come by chance (an "
+                      f"untrained UNet with 5 held-out images got 46% of its training images labelled). Hold out at "
+                      f"least {MIN_HELDOUT_PROBES} points (64 by default).", RuntimeWarning, stacklevel=3)
