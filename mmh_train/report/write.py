@@ -10,12 +10,9 @@ images, code), so the two always carry the same content. Every file is written a
 
 from __future__ import annotations
 
-import base64
-import html
 import math
 import os
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +30,7 @@ from .record import (
     top_memorized,
     validate_record,
 )
+from .render import Block, markdown, standalone_html
 
 __all__ = ["write_report", "summary_text", "PLOT_FILES", "SUMMARY_MAX_LINES"]
 
@@ -146,17 +144,8 @@ def _quality_keys(record: RunRecord) -> list[str]:
 
 # ---------------------------------------------------------------- content as blocks
 
-@dataclass(frozen=True)
-class _Block:
-    kind: str  # "h1", "h2", "p", "code", "table", "img", "list", "link"
-    text: str = ""
-    rows: tuple = ()
-    header: tuple = ()
-    href: str = ""
-
-
-def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int) -> list[_Block]:
-    B = _Block
+def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int) -> list[Block]:
+    B = Block
     out = [B("h1", f"Memorization report — {record.recipe}"),
            B("p", f"Recipe **{record.recipe}** ({record.kind}), {len(record.variants)} variant(s): "
                   + ", ".join(v.name for v in record.variants) + f". Training set: {record.train_x.shape[0]} "
@@ -284,85 +273,6 @@ def _relative(name: str, run_dir: Path) -> str:
 
 # ---------------------------------------------------------------- renderers
 
-def _md_inline(text: str) -> str:
-    return text.replace("\n", " ")
-
-
-def _md_cell(text: str) -> str:
-    return _md_inline(text).replace("|", "\\|")
-
-
-def _md_link(href: str) -> str:
-    return f"<{href}>" if any(c in href for c in " ()<>") else href
-
-
-def _markdown(blocks: Sequence[_Block]) -> str:
-    lines: list[str] = []
-    for b in blocks:
-        if b.kind == "h1":
-            lines += [f"# {_md_inline(b.text)}", ""]
-        elif b.kind == "h2":
-            lines += [f"## {_md_inline(b.text)}", ""]
-        elif b.kind == "p":
-            lines += [b.text, ""]
-        elif b.kind == "code":
-            fence = "````" if "```" in b.text else "```"
-            lines += [fence, b.text, fence, ""]
-        elif b.kind == "table":
-            lines.append("| " + " | ".join(_md_cell(h) for h in b.header) + " |")
-            lines.append("|" + "|".join("---" for _ in b.header) + "|")
-            lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in b.rows]
-            lines.append("")
-        elif b.kind == "img":
-            lines += [f"![{b.text}]({_md_link(b.href)})", ""]
-        elif b.kind == "list":
-            lines += [f"- {_md_inline(item)}" for item in b.rows] + [""]
-        elif b.kind == "link":
-            lines += [f"[{b.text}]({_md_link(b.href)})", ""]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def _html_text(text: str) -> str:
-    """Escapes text and turns the Markdown ``**bold**`` used in paragraphs into ``<strong>``."""
-    parts = html.escape(text).split("**")
-    return "".join(f"<strong>{p}</strong>" if i % 2 else p for i, p in enumerate(parts)) if len(parts) % 2 \
-        else html.escape(text)
-
-
-_CSS = """body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;line-height:1.45;color:#222}table{border-collapse:collapse;margin:.6em 0}th,td{border:1px solid #ccc;
-padding:.25em .6em;text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
-pre{background:#f6f6f6;padding:.7em;overflow-x:auto}img{max-width:100%;border:1px solid #ddd}"""
-
-
-def _html(blocks: Sequence[_Block], title: str, images: Mapping[str, bytes] | None = None) -> str:
-    """The page; images whose bytes are in ``images`` (by href) are embedded, so the file stands alone."""
-    images = images or {}
-    body: list[str] = []
-    for b in blocks:
-        if b.kind in ("h1", "h2"):
-            body.append(f"<{b.kind}>{html.escape(b.text)}</{b.kind}>")
-        elif b.kind == "p":
-            body.append(f"<p>{_html_text(b.text)}</p>")
-        elif b.kind == "code":
-            body.append(f"<pre><code>{html.escape(b.text)}</code></pre>")
-        elif b.kind == "table":
-            head = "".join(f"<th>{html.escape(h)}</th>" for h in b.header)
-            rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in b.rows)
-            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
-        elif b.kind == "img":
-            src = (f"data:image/png;base64,{base64.b64encode(images[b.href]).decode('ascii')}" if b.href in images
-                   else html.escape(b.href))
-            body.append(f'<p><img src="{src}" alt="{html.escape(b.text)}"></p>')
-        elif b.kind == "list":
-            body.append("<ul>" + "".join(f"<li>{html.escape(item)}</li>" for item in b.rows) + "</ul>")
-        elif b.kind == "link":
-            body.append(f'<p><a href="{html.escape(b.href)}">{html.escape(b.text)}</a></p>')
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
-
-
 def _unusual_lids(record: RunRecord) -> str:
     """A sentence when some LID_θ is negative or above the ambient dimension D, which a dimension cannot be;
     empty otherwise."""
@@ -489,8 +399,8 @@ def write_report(run_dir: str | os.PathLike, record: RunRecord, *, copy_threshol
         pngs[PLOT_FILES[key]] = figure_png(make())
         write_bytes_atomic(run_dir / PLOT_FILES[key], pngs[PLOT_FILES[key]])
     blocks = _blocks(record, run_dir, copy_threshold, top_k)
-    write_text_atomic(run_dir / "report.md", _markdown(blocks))
-    write_text_atomic(run_dir / "report.html", _html(blocks, f"Memorization report — {record.recipe}", pngs))
+    write_text_atomic(run_dir / "report.md", markdown(blocks))
+    write_text_atomic(run_dir / "report.html", standalone_html(blocks, f"Memorization report — {record.recipe}", pngs))
     write_text_atomic(run_dir / "summary.txt", summary_text(record, top_k=top_k))
     return run_dir / "report.md"
 
