@@ -36,7 +36,8 @@ from mmh_train.config import ConfigError, load_config
 from mmh_train.io import write_text_atomic
 from mmh_train.remedies import AdaptiveDuplicateWeights, find_duplicate_groups
 from mmh_train.sampling import sample
-from t2i_parts import Progress, embed_captions, load_data, noisy_latents, per_image_csv, per_image_table, pick_model
+from t2i_parts import (Progress, checkpoint_only_what_trains, embed_captions, load_data, noisy_latents, per_image_csv,
+                       per_image_table, pick_model)
 
 PRECISIONS = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -157,8 +158,13 @@ def main(argv: list[str] | None = None) -> int:
         restore_best_weights=r.early_stopping, seed=cfg.train.seed)
     progress = Progress()
     accelerator.register_for_checkpointing(guard, plain, progress)
+    load_checkpoint = checkpoint_only_what_trains(accelerator, [net])  # the LoRA, not the frozen network
     if cfg.train.resume:
-        accelerator.load_state(cfg.train.resume)
+        try:
+            load_checkpoint(cfg.train.resume)
+        except ConfigError as error:
+            print(f"config error: {error}", file=sys.stderr)
+            return 2
 
     # ------------------------------------------------------------ the loop
     def batches():

@@ -11,12 +11,12 @@ from __future__ import annotations
 import csv
 import io
 import math
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import Tensor
 
-import mmh_train
 from mmh_train.config import ConfigError
 from mmh_train.data import CaptionedImages, captioned_digits, load_captioned_folder
 from mmh_train.memorization import LABEL_NAMES
@@ -45,6 +45,41 @@ class Progress:
     def load_state_dict(self, state: dict) -> None:
         self.step, self.checks = state["step"], state["checks"]
         self.train_seconds, self.monitor_seconds = state["train_seconds"], state["monitor_seconds"]
+
+
+def checkpoint_only_what_trains(accelerator: Any, models: list) -> Callable[[str], None]:
+    """Makes ``accelerator.save_state`` write only the trainable tensors (a LoRA's adapters) and the buffers of
+    the prepared ``models``, not the frozen network (megabytes, not an SD UNet's gigabytes, per checkpoint);
+    returns ``load(path)``, which checks that a checkpoint holds exactly those tensors and then loads it."""
+    def kept(model: Any) -> dict[str, tuple[int, ...]]:
+        net = accelerator.unwrap_model(model)
+        shapes = {n: tuple(p.shape) for n, p in net.named_parameters() if p.requires_grad}
+        return {**shapes, **{n: tuple(b.shape) for n, b in net.named_buffers()}}
+
+    def save_hook(models: list, weights: list, output_dir: str) -> None:
+        for model, state in zip(models, weights):
+            names = kept(model)
+            for key in [k for k in state if k not in names]:
+                del state[key]
+
+    def load(path: str) -> None:
+        from safetensors import safe_open
+
+        for i, model in enumerate(models):
+            file = Path(path) / f"model{'_' + str(i) if i else ''}.safetensors"
+            if not file.is_file():
+                raise ConfigError(f"train.resume={path} has no {file.name}; pass a folder written by this recipe "
+                                  f"(<out_dir>/checkpoints/step_N).")
+            with safe_open(str(file), framework="pt") as f:
+                saved = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            if saved != kept(model):
+                raise ConfigError(f"train.resume={path} holds other trainable tensors than this run trains "
+                                  f"({len(saved)} saved, {len(kept(model))} here): resume with the same model, "
+                                  f"LoRA rank and target modules as the run that wrote it.")
+        accelerator.load_state(path, strict=False)  # the frozen weights come from the pipeline, as at the start
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    return load
 
 
 def load_data(cfg: Any) -> tuple[CaptionedImages, CaptionedImages]:

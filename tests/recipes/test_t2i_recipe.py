@@ -52,7 +52,9 @@ def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(first_run,
     assert t2i_lora.main([f"out_dir={tmp_path}", *TINY, f"train.resume={checkpoint}"]) == 0
     whole, parts = (load_file(run / "checkpoints" / "step_8" / "model.safetensors") for run in (first_run, tmp_path))
     assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
-    assert any("lora_B" in k for k in whole)
+    assert any("lora_B" in k for k in whole) and all("lora_" in k for k in whole)  # the adapters, not the UNet
+    assert t2i_lora.main([f"out_dir={tmp_path / 'other'}", *TINY, "model.lora_rank=2",
+                          f"train.resume={checkpoint}"]) == 2  # another LoRA: refused, not silently half-loaded
     audit = (tmp_path / "model" / "mmh_audit.csv").read_text()
     assert audit.splitlines()[0].startswith("index,file,caption,lid_c@step4,lid_c@step8,lid_uncond,")
     assert audit == (first_run / "model" / "mmh_audit.csv").read_text()
