@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Iterator, TypeVar
 
@@ -166,6 +167,11 @@ class MemorizationGuard:
             if metric in ("od_fraction", "dd_fraction") and not m.labels_anything:
                 raise ValueError(f"{metric} needs labels, but the monitor labels nothing (reference=None); give it "
                                  f"held-out data (the default rule) or reference='data', or stop on collapse.")
+            if metric in ("od_fraction", "dd_fraction") and m.rule != "heldout_null" and m.reference.kind == "data":
+                warnings.warn(f"early stopping on {metric} with labels from the model-free rule (no held-out data): "
+                              f"its margins were set on 10-d toys and do not transfer to images; give the monitor "
+                              f"held-out data (MemorizationMonitor(train, heldout, ...)) for calibrated labels.",
+                              RuntimeWarning, stacklevel=3)
             if metric == "lid_gap" and not len(m.heldout_index):
                 raise ValueError("lid_gap compares train and held-out probes, but the monitor has no held-out data; "
                                  "pass heldout_data=..., or stop on od_fraction or collapse.")
