@@ -19,18 +19,29 @@ probability π = G / (G + M), at every x_j alike. The p-value of x_j is
 
 and x_j is memorized when
 
-- Benjamini–Hochberg over the distinct points rejects at false-discovery rate ``fdr`` (0.05): on a model
-  that memorizes nothing every null holds and *any* flag has probability ≤ 0.05, in any dimension;
-- and the samples near x_j are at least ``min_ratio`` (4) times the control's count there, scaled to
-  the same size, (c_j / G) ≥ 4·(k_j + 1) / M: a model whose density near x_j is off by a small factor is
+- Benjamini–Hochberg over the distinct points (with the distance test's hypotheses, below) rejects at
+  false-discovery rate ``fdr`` (0.05): on a model that memorizes nothing every null holds and *any* flag
+  has probability ≤ 0.05, in any dimension;
+- and the samples near x_j are at least ``min_ratio`` (2) times the control's count there, scaled to
+  the same size, (c_j / G) ≥ 2·(k_j + 1) / M: a model whose density near x_j is off by a small factor is
   imperfect, not a copier. A memorizer puts (1/ρ)^d ≥ 16 times the chance mass there for d ≥ 2.
 
 Duplicated training rows (exact) count as one point: they share δ, counts, p-value and verdict.
 
 Power: with no control point near x_j, the smallest count that can be called memorized is about
 log(fdr / R) / log(π) for R distinct points; with as many control points as samples (π = 1/2) and R = 64
-that is 11 samples. :attr:`MemorizedPoints.min_count` reports it; draw about 20 samples per training
-point and a control as large as the samples.
+that is 11 samples, and with a control a tenth of the samples (π = 0.91) it is 75.
+:attr:`MemorizedPoints.min_count` reports it.
+
+The distance test (``method="both"``, the default) uses what the count throws away: how close the
+samples lie. Given the c_j samples in the ball, are its nearest ones piled up at x_j more than a locally
+uniform density of local dimension d_j allows? d_j is a conservative (lower) estimate from x_j's nearest
+training and control points; :mod:`mmh_train.memorized_distance` states the test and its assumptions.
+It flags near-exact copies whatever the control's size (one exact copy; on pieces of dimension ≥ 2, five
+samples within a few hundredths of the spacing). Both tests' p-values enter one Benjamini–Hochberg step over 2R
+hypotheses at ``fdr``; a point is memorized when either of its hypotheses is rejected with that test's
+effect large enough. ``method="count"`` is the count test alone (as before), ``"distance"`` the distance
+test alone.
 """
 
 from __future__ import annotations
@@ -46,9 +57,12 @@ from torch import Tensor
 
 from .chance import benjamini_hochberg, conditional_binomial_pvalue
 from .copies import _check_and_flatten, _check_no_overlap, _distinct_rows
+from .memorized_distance import distance_test
 from .neighbors import _knn
 
 __all__ = ["MemorizedPoints", "memorized_points"]
+
+METHODS = ("both", "count", "distance")
 
 
 @dataclass(frozen=True)
@@ -65,8 +79,14 @@ class MemorizedPoints:
         group: long, the distinct point each row belongs to (exact duplicates share one).
         n_samples, n_control: G and M.
         fdr, min_ratio, radius_fraction: the settings used.
-        min_count: the smallest count that can be called memorized where no control point is near
-            (a power guide: points with fewer samples than this are never flagged).
+        min_count: the smallest count the count test can call memorized where no control point is near
+            (a power guide: with fewer samples than this only the distance test can flag a point).
+        method: which tests decided (``"both"``, ``"count"`` or ``"distance"``).
+        count_p_value, distance_p_value: float64, each test's p-value (1 for a test not run); ``p_value``
+            is the one Benjamini–Hochberg compared, their minimum under ``"both"``.
+        by_count, by_distance: bool, which test flagged the point (both may).
+        nearest_ratio: float64, distance to the nearest sample ÷ the spacing δ_j (NaN when not run).
+        dimension: float64, the local dimension d_j the distance test assumed (NaN when not run).
     """
 
     memorized: Tensor
@@ -82,6 +102,13 @@ class MemorizedPoints:
     min_ratio: float
     radius_fraction: float
     min_count: int
+    method: str
+    count_p_value: Tensor
+    distance_p_value: Tensor
+    by_count: Tensor
+    by_distance: Tensor
+    nearest_ratio: Tensor
+    dimension: Tensor
 
     @property
     def fraction(self) -> float:
@@ -92,7 +119,8 @@ class MemorizedPoints:
 
 
 def memorized_points(samples: Tensor, train: Tensor, control: Tensor, *, fdr: float = 0.05,
-                     min_ratio: float = 2.0, radius_fraction: float = 0.25) -> MemorizedPoints:
+                     min_ratio: float = 2.0, radius_fraction: float = 0.25,
+                     method: str = "both") -> MemorizedPoints:
     """Per training point: does the model put more samples right at it than chance would?
 
     Args:
@@ -104,10 +132,13 @@ def memorized_points(samples: Tensor, train: Tensor, control: Tensor, *, fdr: fl
             control with the same mix of conditions as the samples.
         fdr: false-discovery rate of the Benjamini–Hochberg step over the distinct points, in (0, 1).
         min_ratio: the least factor by which the samples near a point must outnumber the (size-scaled)
-            control points there, ≥ 1.
+            control points there (count test), or the pile at its centre its chance count (distance
+            test), ≥ 1.
         radius_fraction: ρ, the ball's radius as a fraction of the distance to the nearest distinct
             training point, in (0, 1/2) so that balls are disjoint (1/4 makes every counted sample a
             ratio-test copy).
+        method: ``"both"`` (count and distance tests, one BH step over both), ``"count"`` (the count
+            test alone) or ``"distance"`` (the distance test alone).
 
     Returns:
         :class:`MemorizedPoints`.
@@ -116,10 +147,12 @@ def memorized_points(samples: Tensor, train: Tensor, control: Tensor, *, fdr: fl
         TypeError / ValueError: bad points or settings, before any distance is computed.
 
     Warns:
-        UserWarning: when even a perfect memorizer could not be detected (too few samples per point or too
-            small a control).
+        UserWarning: when the count test could not flag even a perfect memorizer (too few samples per
+            point or too small a control); under ``"both"`` only near-exact copies can then be flagged.
     """
     _check_settings(fdr, min_ratio, radius_fraction)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}.")
     if control is None:
         raise ValueError("control is required: pass held-out points (or fresh draws) of the training "
                          "distribution; they measure how often samples land near a training point by chance.")
@@ -133,29 +166,46 @@ def memorized_points(samples: Tensor, train: Tensor, control: Tensor, *, fdr: fl
     _check_no_overlap(c, reps)
     n_reps, n_samples, n_control = reps.shape[0], g.shape[0], c.shape[0]
 
-    spacing = _knn(reps, reps, 1, torch.arange(n_reps, device=reps.device))[0][:, 0]
-    radius = radius_fraction * spacing.double()
+    spacing = _knn(reps, reps, 1, torch.arange(n_reps, device=reps.device))[0][:, 0].double().cpu()
+    radius = radius_fraction * spacing
     count = _count_within(reps, g, radius)
     control_count = _count_within(reps, c, radius)
-    p_value = conditional_binomial_pvalue(count, control_count, n_samples, n_control)
     scale = n_samples / n_control
-    enough = count.double() >= min_ratio * (control_count.double() + 1.0) * scale
-    memorized = benjamini_hochberg(p_value, fdr) & enough
+    ones, nan = torch.ones(n_reps, dtype=torch.float64), torch.full((n_reps,), math.nan, dtype=torch.float64)
+    count_p, count_enough = ones, torch.zeros(n_reps, dtype=torch.bool)
+    if method != "distance":
+        count_p = conditional_binomial_pvalue(count, control_count, n_samples, n_control)
+        count_enough = count.double() >= min_ratio * (control_count.double() + 1.0) * scale
+    distance_p, distance_enough, nearest_ratio, dimension = ones, torch.zeros_like(count_enough), nan, nan
+    if method != "count":
+        test = distance_test(reps, g, c, radius, count, min_ratio)
+        distance_p, distance_enough = test.p_value, test.enough
+        nearest_ratio, dimension = test.nearest / spacing, test.dimension
+
+    # one BH step over the hypotheses of the tests run (2R under "both"); a test not run rejects nothing
+    runs = torch.tensor([method != "distance", method != "count"])
+    rejected = torch.zeros(2, n_reps, dtype=torch.bool)
+    rejected[runs] = benjamini_hochberg(torch.stack([count_p, distance_p])[runs].flatten(), fdr).reshape(-1, n_reps)
+    by_count, by_distance = rejected[0] & count_enough, rejected[1] & distance_enough
+    memorized = by_count | by_distance
 
     pi = n_samples / (n_samples + n_control)
     min_count = max(math.ceil(math.log(fdr / n_reps) / math.log(pi)), math.ceil(min_ratio * scale))
-    if min_count > n_samples / n_reps:
+    if method != "distance" and min_count > n_samples / n_reps:
+        also = (" The distance test can still flag near-exact copies." if method == "both" else "")
         warnings.warn(f"memorized_points: {n_samples} samples for {n_reps} distinct training points "
-                      f"({n_samples / n_reps:.1f} each) and {n_control} control points cannot show memorization: "
-                      f"a point needs at least {min_count} samples near it to be flagged. Draw more samples "
-                      f"(about 20 per training point) and pass a control about as large as the samples.",
-                      stacklevel=2)
+                      f"({n_samples / n_reps:.1f} each) and {n_control} control points cannot show memorization "
+                      f"by count: a point needs at least {min_count} samples near it to be flagged by the count "
+                      f"test. Draw more samples (about 20 per training point) and pass a control about as large "
+                      f"as the samples.{also}", stacklevel=2)
 
     return MemorizedPoints(
         memorized=memorized[row_rep], count=count[row_rep], control_count=control_count[row_rep],
-        expected=(control_count.double() * scale)[row_rep], p_value=p_value[row_rep],
-        radius=radius.cpu()[row_rep], group=row_rep, n_samples=n_samples, n_control=n_control, fdr=float(fdr),
-        min_ratio=float(min_ratio), radius_fraction=float(radius_fraction), min_count=min_count)
+        expected=(control_count.double() * scale)[row_rep], p_value=torch.minimum(count_p, distance_p)[row_rep],
+        radius=radius[row_rep], group=row_rep, n_samples=n_samples, n_control=n_control, fdr=float(fdr),
+        min_ratio=float(min_ratio), radius_fraction=float(radius_fraction), min_count=min_count, method=method,
+        count_p_value=count_p[row_rep], distance_p_value=distance_p[row_rep], by_count=by_count[row_rep],
+        by_distance=by_distance[row_rep], nearest_ratio=nearest_ratio[row_rep], dimension=dimension[row_rep])
 
 
 def _count_within(reps: Tensor, points: Tensor, radius: Tensor) -> Tensor:
@@ -165,7 +215,7 @@ def _count_within(reps: Tensor, points: Tensor, radius: Tensor) -> Tensor:
     one nearest-neighbour search finds every member.
     """
     dists, index = _knn(reps, points, 1, None)
-    inside = dists[:, 0].double() < radius[index[:, 0]]
+    inside = dists[:, 0].double() < radius.to(dists.device)[index[:, 0]]
     return torch.bincount(index[inside, 0].cpu(), minlength=reps.shape[0])
 
 
