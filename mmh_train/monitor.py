@@ -59,9 +59,9 @@ class MemorizationMonitor:
         n_train_probes, n_heldout_probes: probe set sizes; ``None`` takes up to 128 training and 64
             held-out points (all of them in smaller sets). A number larger than the set is an error.
         sigma: one noise level or several; the first is primary (metrics, ``lid_train``). ``"auto"`` (default)
-            takes :data:`~mmh_train.survey.SPACING_FRACTIONS` (0.8, 0.5, 0.3) of the training set's spacing,
-            the median distance from a training probe to its nearest distinct training point: a memorizer
-            collapses below it, whatever the data's scale or dimension.
+            takes three levels at which the noise moves a point by 2.5, 1.6 and 0.95 × the training set's
+            spacing δ (the median distance from a training probe to its nearest distinct training point):
+            σ = f·δ/√D (:func:`~mmh_train.survey.sigma_grid`), whatever the data's scale or dimension.
         every_n_steps, every_n_epochs: cadence (``maybe_check``); default every epoch.
         estimator: ``"flipd"`` (default), ``"normal_bundle"`` or a callable
             ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]``.
@@ -141,7 +141,7 @@ class MemorizationMonitor:
         if self.rule == "heldout_null" or not sigmas:  # one pass over the data, before any training
             self.data_survey()
             if not sigmas:
-                sigmas = sigma_grid(self.survey.spacing)
+                sigmas = sigma_grid(self.survey.spacing, self.survey.dim)
         self.sigmas, self.seed, self.batch_size, self.early_checks = sigmas, seed, batch_size, early_checks
         self.every_n_steps = every_n_steps
         self.every_n_epochs = every_n_epochs if (every_n_epochs or every_n_steps) else 1

@@ -66,11 +66,12 @@ class DigitsFeatures(torch.nn.Module):
         return self.body(images)
 
     @classmethod
-    def trained(cls, size: int = 16, *, steps: int = 400, seed: int = 0) -> "DigitsFeatures":
-        """Trains on 80% of the digits; ``accuracy`` holds the held-out 20%'s accuracy."""
+    def trained(cls, size: int = 16, *, steps: int = 400, seed: int = 0, resize: str = "pad") -> "DigitsFeatures":
+        """Trains on 80% of the digits (``resize`` as in :func:`~mmh_train.data.load_digits`); ``accuracy`` holds
+        the held-out 20%'s accuracy."""
         from .data import load_digits
 
-        data = load_digits(size=size)
+        data = load_digits(size=size, resize=resize)
         g = torch.Generator().manual_seed(seed)
         order = torch.randperm(len(data.labels), generator=g)
         split = int(0.8 * len(order))

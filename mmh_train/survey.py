@@ -9,10 +9,19 @@ What the verdicts need from the data alone (no model):
   component of the links. Chance links need a point's nearest neighbour within ``near_ratio`` of its k-th:
   about k·near_ratio^d of the points on a d-dimensional piece (0.4 % at d = 2 with the defaults; on a 1-d
   piece ~20 %, where near-duplicates are not separable from neighbours by distance alone).
-- **spacing**: the median over the training probes of the distance to the nearest training point of
-  another duplicate group (found in the view, measured on the data). A memorizing denoiser collapses at σ
-  below the spacing, so the default noise levels are fixed fractions of it (:data:`SPACING_FRACTIONS`),
-  from the data's own scale.
+- **spacing** δ: the median over the training probes of the distance to the nearest training point of
+  another duplicate group (found in the view, measured on the data). The default noise levels are set so
+  that the noise moves a point by a fixed fraction of it: Gaussian noise of level σ in D dimensions moves a
+  point by σ√D, so
+
+      σ_s = f_s · δ / √D,   f = :data:`NOISE_FRACTIONS` = √10 · (0.8, 0.5, 0.3) ≈ (2.53, 1.58, 0.95).
+
+  The fractions were calibrated on the 10-d toy mixture (seed 100: single levels 0.3–0.8 × δ ranked the
+  memorized points best), where they are the earlier 0.8/0.5/0.3 × δ unchanged; written as the noise's
+  length they carry over to images, where a trained but imperfect network shows its fit only at noise that
+  leaves the image recognisable. Measured on a 16×16 convolutional UNet (digits, not used to choose them):
+  training images separate from held-out ones (AUROC 1.00) at σ ≤ 1 ≈ 0.2·δ, not at 0.8·δ (0.60–0.76);
+  the levels above are 0.06–0.16·δ there (BENCHMARKS.md, "Caught in the act").
 """
 
 from __future__ import annotations
@@ -29,10 +38,11 @@ from .probes import InputFn, gather_points
 from .remedies.duplicate_groups import DuplicateGroups, find_duplicate_groups, first_members, join_groups
 from .views import comparison_view
 
-__all__ = ["DataSurvey", "survey_training_data", "near_duplicate_groups", "sigma_grid", "SPACING_FRACTIONS"]
+__all__ = ["DataSurvey", "survey_training_data", "near_duplicate_groups", "sigma_grid", "NOISE_FRACTIONS"]
 
-#: Default noise levels as fractions of the training set's spacing (calibrated on seed 100; BENCHMARKS.md).
-SPACING_FRACTIONS: tuple[float, ...] = (0.3, 0.5, 0.8)
+#: Default noise levels: the noise's length σ√D as fractions of the training set's spacing (the 10-d toy's
+#: calibrated 0.8/0.5/0.3 × spacing, seed 100, times √10; BENCHMARKS.md).
+NOISE_FRACTIONS: tuple[float, ...] = tuple(math.sqrt(10.0) * f for f in (0.3, 0.5, 0.8))
 
 
 @dataclass(frozen=True)
@@ -44,12 +54,14 @@ class DataSurvey:
         groups: duplicate groups over the N training points.
         spacing: median distance of the probed points to their nearest point of another group, in data units.
         scale: √(D / F), the ratio of the data's to the view's number of features.
+        dim: D, the number of features of one data point (the noise's length is σ√D).
     """
 
     view: Tensor
     groups: DuplicateGroups
     spacing: float
     scale: float
+    dim: int
 
 
 def near_duplicate_groups(view: Tensor, *, near_ratio: float = 0.02, k: int = 10) -> DuplicateGroups:
@@ -77,12 +89,20 @@ def near_duplicate_groups(view: Tensor, *, near_ratio: float = 0.02, k: int = 10
     return join_groups(exact, first[rows], first[index[rows, cols]])
 
 
-def sigma_grid(spacing: float, fractions: Sequence[float] = SPACING_FRACTIONS) -> list[float]:
-    """The default noise levels: ``fractions`` of the training set's ``spacing`` (largest first is primary)."""
+def sigma_grid(spacing: float, dim: int, fractions: Sequence[float] = NOISE_FRACTIONS) -> list[float]:
+    """The default noise levels σ_s = f_s · spacing / √dim, largest first (the primary level).
+
+    Args:
+        spacing: the training set's spacing δ (data units).
+        dim: D, the number of features of one point: noise of level σ moves a point by about σ√D.
+        fractions: f_s, the noise's length as fractions of δ.
+    """
     if not (math.isfinite(spacing) and spacing > 0):
         raise ValueError(f"the training set's spacing must be finite and > 0 to choose noise levels; got {spacing!r} "
                          f"(every point a copy of another?). Pass sigma= explicitly.")
-    return [float(f * spacing) for f in sorted(fractions, reverse=True)]
+    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
+        raise ValueError(f"dim must be the number of features of one point (an integer ≥ 1); got {dim!r}.")
+    return [float(f * spacing / math.sqrt(dim)) for f in sorted(fractions, reverse=True)]
 
 
 def survey_training_data(data: Tensor | Sequence[Any], probe_index: Tensor, *, input_fn: InputFn | None = None,
@@ -105,7 +125,7 @@ def survey_training_data(data: Tensor | Sequence[Any], probe_index: Tensor, *, i
     view = torch.cat(parts)
     groups = near_duplicate_groups(view, near_ratio=near_ratio)
     spacing = _probe_spacing(data, view, groups, probe_index, input_fn)
-    return DataSurvey(view=view, groups=groups, spacing=spacing, scale=math.sqrt(ambient / view.shape[1]))
+    return DataSurvey(view=view, groups=groups, spacing=spacing, scale=math.sqrt(ambient / view.shape[1]), dim=ambient)
 
 
 def _probe_spacing(data: Any, view: Tensor, groups: DuplicateGroups, probe_index: Tensor,

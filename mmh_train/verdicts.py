@@ -16,8 +16,12 @@ statistic under "not memorized". Per σ, the drop is standardised against that s
 and rescaled by the median and MAD of the held-out probes' own z (each against its nearest others). The
 noise levels are combined by the largest z (a memorizer collapses below the training points' spacing, at
 whichever σ resolves it) with a Bonferroni correction, p(i) = min(1, S · Φ̄(max_s z_s(i))), and the p-values
-go through Benjamini–Hochberg at level ``fdr``. A point is memorized where BH rejects **and** its LID_θ fell
-to at most ``1 − min_drop`` of the local null at that σ (significance and size). Memorized points that the
+go through Benjamini–Hochberg at level ``fdr``. A point is memorized where BH rejects **and** the drop is
+large (significance and size): where the local null at that σ reads a dimension (≥ 1), LID_θ fell to at
+most ``1 − min_drop`` of it; where it reads below 1, as an image UNet not yet fitted does (FLIPD far below
+zero on every image), there is no dimension to halve, and LID_θ must lie :data:`MIN_SPREADS` robust standard
+deviations of the nearby held-out LIDs below the null. In that regime a collapse still lowers LID_θ: the
+training images of a memorizing 16×16 UNet read −131 where unseen ones read −16 (docs/science.md §7). Memorized points that the
 data duplicate (a duplicate group) are DD, the others OD. Points are *ranked* by the mean drop over the
 levels (an effect size), which ranked better than the z on the calibration runs.
 
@@ -38,10 +42,13 @@ from .memorization import DD, NONE, OD, MemorizationLabels
 from .neighbors import knn
 
 __all__ = ["local_null", "relative_drop", "robust_z", "combine_noise_levels", "calibrated_labels", "check_verdict_options",
-           "MAD_TO_SD"]
+           "local_spread", "large_enough", "at_level", "MAD_TO_SD", "MIN_SPREADS"]
 
 #: 1.4826 · MAD estimates a normal distribution's standard deviation.
 MAD_TO_SD = 1.482602218505602
+#: Size condition where the null reads no dimension (below 1): LID_θ this many robust standard deviations of
+#: the nearby held-out LIDs below the null (2: outside the central 95 % of a normal null).
+MIN_SPREADS = 2.0
 _TINY_SCALE = 1e-6
 
 
@@ -190,11 +197,11 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     rejected = torch.zeros(p, dtype=torch.bool)
     if bool(tested.any()):
         rejected[tested] = benjamini_hochberg(p_value[tested], fdr)
-    best_drop = torch.where(level >= 0, drop.gather(0, level.clamp(min=0)[None]).squeeze(0),
-                            torch.full((p,), math.nan, dtype=torch.float64))
-    memorized = rejected & (best_drop >= min_drop)
-    decided_null = torch.where(level >= 0, null_train.gather(0, level.clamp(min=0)[None]).squeeze(0),
-                               torch.full((p,), math.nan, dtype=torch.float64))
+    best_drop = at_level(drop, level)
+    decided_null = at_level(null_train, level)
+    gap = decided_null - at_level(lid_train.double().cpu(), level)
+    spread = at_level(local_spread(lid_heldout.cpu(), near_train), level)
+    memorized = rejected & large_enough(best_drop, decided_null, gap, spread, min_drop)
     decided_sigma = None
     if sigmas is not None:
         if len(sigmas) != lid_train.shape[0]:
@@ -209,6 +216,32 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     return MemorizationLabels(label=label, od_gap=od_gap, lid_model=lid_model, lid_ref=lid_ref, measured=measured,
                               score=score, p_value=p_value, drop=best_drop, duplicated=duplicated,
                               sigma=decided_sigma, null=decided_null, z=z_best, rule="heldout_null")
+
+
+def local_spread(lid_heldout: Tensor, neighbours: Tensor) -> Tensor:
+    """``[S, P]`` robust standard deviation (1.4826·MAD) of the held-out LID_θ over each point's ``neighbours [P, K]``
+    (indices into the ``Q`` held-out probes of ``lid_heldout [S, Q]``), float64."""
+    sample = lid_heldout.double()[:, neighbours]  # [S, P, K]
+    centre = sample.nanmedian(dim=-1).values
+    return MAD_TO_SD * (sample - centre[..., None]).abs().nanmedian(dim=-1).values
+
+
+def large_enough(drop: Tensor, null: Tensor, gap: Tensor, spread: Tensor, min_drop: float) -> Tensor:
+    """The size condition of a verdict (``[P]`` each, at the deciding level), beside its significance.
+
+    Where the local null reads a dimension (≥ 1), LID_θ must have lost at least ``min_drop`` of it. Where it
+    reads below 1 (an image model not yet fitted: FLIPD far below zero on training and held-out points alike)
+    there is no dimension to lose, and the point must instead lie at least :data:`MIN_SPREADS` robust standard
+    deviations of the nearby held-out LIDs below the null: outside the bulk of what unseen points read.
+    """
+    dimension = null >= 1.0
+    return torch.where(dimension, drop >= min_drop, gap >= MIN_SPREADS * spread) & torch.isfinite(drop)
+
+
+def at_level(values: Tensor, level: Tensor) -> Tensor:
+    """``[P]``: ``values [S, P]`` at each point's ``level [P]`` (NaN where the level is −1)."""
+    picked = values.gather(0, level.clamp(min=0)[None]).squeeze(0)
+    return torch.where(level >= 0, picked, torch.full_like(picked, math.nan))
 
 
 def check_verdict_options(*, k: int = 5, scale_k: int = 100, fdr: float = 0.05, min_drop: float = 0.5) -> None:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mmh_train.survey import SPACING_FRACTIONS, near_duplicate_groups, sigma_grid, survey_training_data
+from mmh_train.survey import NOISE_FRACTIONS, near_duplicate_groups, sigma_grid, survey_training_data
 from mmh_train.views import comparison_view
 
 
@@ -42,9 +42,17 @@ def test_the_spacing_and_grid_follow_the_datas_scale():
     assert large.spacing == pytest.approx(10 * small.spacing, rel=1e-5)
     nn = torch.cdist(x[probes], x).topk(2, largest=False).values[:, 1].median()
     assert small.spacing == pytest.approx(float(nn), rel=1e-5)
-    assert sigma_grid(2.0) == [2.0 * f for f in sorted(SPACING_FRACTIONS, reverse=True)]
+    assert small.dim == 6
+    # the noise's length σ√D is a fixed fraction of the spacing, in any dimension
+    for dim in (10, 256, 1024):
+        grid = sigma_grid(2.0, dim)
+        assert [s * math.sqrt(dim) / 2.0 for s in grid] == pytest.approx(sorted(NOISE_FRACTIONS, reverse=True))
+    # on the 10-d toy the levels are the calibrated 0.8 / 0.5 / 0.3 × spacing
+    assert sigma_grid(2.0, 10) == pytest.approx([1.6, 1.0, 0.6])
     with pytest.raises(ValueError, match="Pass sigma= explicitly"):
-        sigma_grid(0.0)
+        sigma_grid(0.0, 10)
+    with pytest.raises(ValueError, match="number of features"):
+        sigma_grid(1.0, 0)
 
 
 def test_images_are_surveyed_in_a_reduced_view_with_the_spacing_in_pixel_units():

@@ -169,3 +169,29 @@ def test_the_monitor_checks_the_rule_and_its_options_before_any_work():
         MemorizationMonitor(train, heldout, reference="heldout_null", n_heldout_probes=1)
     # "auto" with a single held-out probe falls back to the model-free rule
     assert MemorizationMonitor(train, heldout, n_heldout_probes=1, reference_options={"k": 10}).rule == "reference"
+
+
+@pytest.mark.parametrize("null_centre, spread", [(-300.0, 15.0), (6.0, 1.0)])
+def test_a_planted_collapse_is_labelled_where_flipd_reads_negative_and_where_it_reads_a_dimension(null_centre,
+                                                                                                   spread):
+    """The monitor's default probe counts (128 training, 64 held-out) at three levels: 16 training probes read
+    5 spreads below the held-out null, the rest are exchangeable with it. An unfitted image UNet reads far below
+    zero on every image (−300 ± 15 here: the planted points lost only a quarter of |null|, which no "half the
+    dimension" gate can see); a fitted model reads a dimension (6 ± 1). In both regimes the 16 are labelled OD
+    and at most one other probe is; the same 16 reading 5 spreads *above* the null are not memorized (a
+    collapse lowers LID_θ), and nothing is labelled."""
+    g = torch.Generator().manual_seed(3)
+    view_train = torch.randn(128, 8, generator=g, dtype=torch.float64)
+    view_held = torch.randn(64, 8, generator=g, dtype=torch.float64)
+    lid_held = null_centre + spread * torch.randn(3, 64, generator=g, dtype=torch.float64)
+    lid_train = null_centre + spread * torch.randn(3, 128, generator=g, dtype=torch.float64)
+    planted = torch.randperm(128, generator=g)[:16]
+    collapsed = lid_train.clone()
+    collapsed[:, planted] -= 5 * spread
+    labels = calibrated_labels(collapsed, lid_held, view_train, view_held)
+    found = labels.label == OD
+    assert int(found[planted].sum()) >= 15, labels.z[planted]
+    assert int(found.sum()) - int(found[planted].sum()) <= 1
+    risen = lid_train.clone()
+    risen[:, planted] += 5 * spread
+    assert int((calibrated_labels(risen, lid_held, view_train, view_held).label != NONE).sum()) == 0

@@ -68,7 +68,7 @@ class DigitsDataset(Dataset):
 
 
 def load_digits(*, size: int = 16, subset: int | None = None, generator: torch.Generator | None = None,
-                dtype: torch.dtype = torch.float32) -> DigitsData:
+                dtype: torch.dtype = torch.float32, resize: str = "pad") -> DigitsData:
     """Loads scikit-learn's digits as ``[N, 1, size, size]`` images in ``[−1, 1]``.
 
     Args:
@@ -80,6 +80,9 @@ def load_digits(*, size: int = 16, subset: int | None = None, generator: torch.G
         generator: CPU generator for the subset; ``torch.Generator().manual_seed(0)`` when None.
             The global RNG is not touched.
         dtype: floating dtype of the images.
+        resize: ``"pad"`` (default): the 8×8 digit centred on a −1 background; ``"bilinear"``: the digit
+            upsampled to fill ``size × size`` (smooth strokes, every pixel carries the digit; what the
+            memorization recipe trains on).
 
     Returns:
         A :class:`DigitsData`.
@@ -89,6 +92,8 @@ def load_digits(*, size: int = 16, subset: int | None = None, generator: torch.G
         raise ValueError(f"size must be ≥ 8 (the digits are 8×8 and are padded, never cropped); got {size}. "
                          f"For a UNet2DModel with n down-blocks pick a multiple of 2^(n−1), e.g. 16.")
     check_positive_int(subset, "subset", allow_none=True)
+    if resize not in ("pad", "bilinear"):
+        raise ValueError(f"resize={resize!r}; choose 'pad' (centred on a −1 background) or 'bilinear' (upsampled).")
     if subset is not None and subset > NUM_DIGITS:
         raise ValueError(f"subset={subset} exceeds the {NUM_DIGITS} digit images; pass at most "
                          f"{NUM_DIGITS} or None for all.")
@@ -101,8 +106,11 @@ def load_digits(*, size: int = 16, subset: int | None = None, generator: torch.G
     labels = torch.as_tensor(raw.target, dtype=torch.long)
     rows = torch.arange(images.shape[0]) if subset is None else _balanced_subset(labels, subset, g)
     x = images[rows] / 8.0 - 1.0                                        # 0..16 → −1..1
-    lo = (size - 8) // 2
-    x = F.pad(x, (lo, size - 8 - lo, lo, size - 8 - lo), value=-1.0)
+    if resize == "bilinear":
+        x = F.interpolate(x.unsqueeze(1), size=(size, size), mode="bilinear", align_corners=False).squeeze(1)
+    else:
+        lo = (size - 8) // 2
+        x = F.pad(x, (lo, size - 8 - lo, lo, size - 8 - lo), value=-1.0)
     return DigitsData(images=x.unsqueeze(1).to(dtype).contiguous(), labels=labels[rows].clone(), index=rows)
 
 

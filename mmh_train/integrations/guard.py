@@ -57,8 +57,8 @@ class MemorizationGuard:
             verdicts use), each group weighing one sample and a DD-labelled group half of that.
         penalty: schedule of the LID penalty (its weight stays 0 until OD appears, unless always on).
         stopper: early stopping on one of the monitor's metrics.
-        restore_best_weights: with a stopper, keep the weights of the best check (the first, on ties) and load
-            them back when the stopper stops training. ``True``: one CPU copy (saved in the guard's state);
+        restore_best_weights: with a stopper, keep the weights of the best check (the latest healthy one, else
+            the first best) and load them back when the stopper stops training. ``True``: one CPU copy (saved in the guard's state);
             a path: one file there instead. With ``ema`` both the networks and the EMA are kept and restored.
         ema: an EMA of the weights (diffusers' ``EMAModel`` over the denoiser's network): checks measure the
             EMA weights (swapped in for the check, swapped back bit for bit) and restoring loads the best ones

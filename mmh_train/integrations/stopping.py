@@ -27,7 +27,8 @@ class MemorizationStopper:
     fraction that stays at 0 cannot "improve" and must not stop training. The default (``"auto"``) is
     :data:`DEFAULT_TOLERANCE`: 0, except None for ``lid_train``. Otherwise it behaves like
     Lightning's ``EarlyStopping``: ``patience`` checks without an improvement of at least ``min_delta``
-    stop training; a non-finite value stops at once when ``check_finite``; ``stopping_threshold`` and
+    stop training (the best check is the latest healthy one, a check within ``tolerance`` no worse than the
+    best, so that the weights kept are the most trained ones without memorization; otherwise the first best); a non-finite value stops at once when ``check_finite``; ``stopping_threshold`` and
     ``divergence_threshold`` stop at once.
 
     Args:
@@ -57,7 +58,7 @@ class MemorizationStopper:
         self.wait_count = 0
         self.stopped_step: int | None = None
         self.reason: str | None = None
-        self.best_step: int | None = None  # the step of the best check so far (the first, on ties)
+        self.best_step: int | None = None  # the step of the best check so far (the latest healthy one; else the first best)
         self.improved = False              # whether the last check improved on the best
 
     def _better(self, a: float, b: float) -> bool:
@@ -74,10 +75,11 @@ class MemorizationStopper:
         if self.divergence_threshold is not None and self._better(self.divergence_threshold, value):
             return f"{self.monitor} = {value:.4g} diverged past {self.divergence_threshold}"
         improved = self._better(value + (self.min_delta if self.mode == "min" else -self.min_delta), self.best)
-        self.improved = improved
+        tolerated = self.tolerance is not None and not self._better(self.tolerance, value)
+        # a healthy check no worse than the best is the better one: more training, no more memorization
+        self.improved = improved or (tolerated and not self._better(self.best, value))
         if improved:
             self.best = value
-        tolerated = self.tolerance is not None and not self._better(self.tolerance, value)
         if improved or tolerated:
             self.wait_count = 0
             return None

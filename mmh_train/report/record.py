@@ -131,12 +131,14 @@ class RunRecord:
 
 @dataclass(frozen=True)
 class ReportTable:
-    """A recipe's own table in the report: a heading, a sentence saying what it shows, a header and rows of text."""
+    """A recipe's own table in the report: a heading, a sentence saying what it shows, a header and rows of text,
+    and optionally a picture (a file name relative to the run folder, drawn below the table)."""
 
     title: str
     text: str
     header: tuple[str, ...]
     rows: tuple[tuple[str, ...], ...]
+    image: str | None = None
 
 
 class RecordError(ValueError):

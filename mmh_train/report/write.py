@@ -237,6 +237,8 @@ def _blocks(record: RunRecord, run_dir: Path, copy_threshold: float, top_k: int)
 
     for table in record.tables:
         out += [B("h2", table.title), B("p", table.text), B("table", header=table.header, rows=table.rows)]
+        if table.image:
+            out.append(B("img", table.title, href=table.image))
 
     out.append(B("h2", "Remedies"))
     items = []
