@@ -56,6 +56,7 @@ def run_one(scenario: str, variant: str, seed: int, quick: bool, features: Digit
     row = {"scenario": scenario, "variant": variant, "seed": seed, "n_train": cfg.data.n_train, "seconds": time.perf_counter() - start,
            "copied": d["copied"], "n": d["n"], "lead": d["lead"], "false": d["false"],
            "end_excess": last.excess, "end_quality": last.quality, "best_quality": best_quality,
+           "copier_quality": run.copier_quality,
            "checks": [{"step": e.step, "lid_train": e.lid_train, "lid_heldout": e.lid_heldout,
                        "labelled": e.n_labelled, "od": int((e.label == 1).sum()), "dd": int((e.label == 2).sum()),
                        "memorized": int(e.memorized.sum()), "copy_rate": e.copy_rate, "control_rate": e.control_rate,

@@ -35,8 +35,8 @@ from torch.utils.data import DataLoader
 
 import mmh_train
 from common import check_ranges, config_dict, exit_after, machine, start_run
-from memorize_evidence import (CheckEvidence, caught_table, evidence_at, evidence_table, plot_caught, plot_timeline,
-                               summary_lines)
+from memorize_evidence import (CheckEvidence, caught_table, copier_quality, evidence_at, evidence_table, plot_caught,
+                               plot_timeline, summary_lines)
 from mmh_train.config import ConfigError, load_config
 from mmh_train.data import DigitsDataset, load_digits
 from mmh_train.data.digits import DigitsData
@@ -144,6 +144,7 @@ class RunResult:
     evidence: list[CheckEvidence]
     stopped: Optional[CheckEvidence]   # the check early stopping restores (None: it never stopped)
     seconds: float
+    copier_quality: float              # the training digits' own quality (what a perfect copier reaches)
 
 
 def train_run(name: str, cfg: MemorizeConfig, train: DigitsData, heldout: torch.Tensor, features: DigitsFeatures,
@@ -194,7 +195,8 @@ def train_run(name: str, cfg: MemorizeConfig, train: DigitsData, heldout: torch.
     stopped = None
     if stopped_at is not None:
         stopped = next(e for e in evidence if e.step == guard.stopper.best_step)
-    return RunResult(name, guard, evidence, stopped, seconds)
+    return RunResult(name, guard, evidence, stopped, seconds,
+                     copier_quality(train.images, heldout, features, cfg.train.seed))
 
 
 def main(argv: list[str] | None = None) -> int:

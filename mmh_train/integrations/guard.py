@@ -104,6 +104,7 @@ class MemorizationGuard:
         self.attach(monitor=monitor, weights=weights, penalty=penalty, stopper=stopper,
                     restore_best_weights=restore_best_weights, penalty_sigma=penalty_sigma,
                     penalty_probes=penalty_probes, penalty_subset=penalty_subset, seed=seed)
+        self.seed = seed  # also without a penalty: the report's default sampler draws with it
         if monitor is not None:
             self.validate()
 

@@ -167,3 +167,21 @@ def test_the_guard_writes_the_audit_table_of_its_latest_check(tmp_path):
     rows = list(csv.DictReader(open(path)))
     assert len(rows) == 60 and {"lid@step10", "lid@step20", "label", "score", "rule"} <= set(rows[0])
     assert {r["rule"] for r in rows if r["split"] == "train"} == {"heldout_null"}
+
+
+def test_the_best_check_is_the_latest_healthy_one():
+    """Checks within tolerance (no OD label) are all healthy; the latest has trained most without memorizing, so
+    it is the one kept and restored; a check with labels never becomes the best while a healthy one exists."""
+    stopper = MemorizationStopper("od_fraction", patience=2)
+    for step, value in ((1, 0.0), (2, 0.0), (3, 0.0), (4, 0.25), (5, 0.6)):
+        stopped = stopper.update({"od_fraction": value}, step)
+    assert stopped and stopper.best_step == 3 and stopper.stopped_step == 5
+    worse_first = MemorizationStopper("od_fraction", patience=5)
+    for step, value in ((1, 0.5), (2, 0.2), (3, 0.2), (4, 0.4)):  # never healthy: the first best wins
+        worse_first.update({"od_fraction": value}, step)
+    assert worse_first.best_step == 2
+
+
+def test_the_guard_keeps_its_seed_without_a_penalty():
+    guard = MemorizationGuard(MemorizationMonitor(toy_data(8).x, sigma=0.1, reference=None), seed=5)
+    assert guard.seed == 5  # the report's default sampler draws with it
