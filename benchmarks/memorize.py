@@ -5,6 +5,7 @@
     OMP_NUM_THREADS=1 python benchmarks/memorize.py --seeds 0 --variants baseline --scenarios natural \
         --n-train 96 --steps 7200 --every 600                             # the copies-over-steps curve
     python benchmarks/memorize.py --quick                                 # tiny sizes, well under a minute
+    python benchmarks/memorize.py --plot benchmarks/results/memorize_*.json  # docs/memorize_copies.png
 
 Each run is ``recipes/memorize.py``'s ``train_run`` (a 16×16 conv UNet on 24 digits, the guard with its
 defaults, the truth measured at every check). Variants: ``baseline`` (no remedy; early stopping alone is the
@@ -67,6 +68,38 @@ def run_one(scenario: str, variant: str, seed: int, quick: bool, features: Digit
     return row
 
 
+def plot_curves(paths: list[str], out: Path) -> None:
+    """docs/memorize_copies.png: excess copy rate and labelled fraction over training, per N and seed (baselines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    colours = {}
+    for path in paths:
+        for row in json.loads(Path(path).read_text())["rows"]:
+            if row["variant"] != "baseline" or row["scenario"] != "natural":
+                continue
+            n = row.get("n_train", 24)
+            colour = colours.setdefault(n, f"C{len(colours)}")
+            steps = [c["step"] for c in row["checks"]]
+            label = f"N = {n}" if n not in getattr(plot_curves, "seen", set()) else None
+            plot_curves.seen = getattr(plot_curves, "seen", set()) | {n}
+            top.plot(steps, [100 * (c["copy_rate"] - c["control_rate"]) for c in row["checks"]], "o-", color=colour,
+                     label=label, alpha=0.8)
+            bottom.plot(steps, [100 * c["labelled"] / row["n"] for c in row["checks"]], "s--", color=colour, alpha=0.8)
+    top.set_ylabel("excess copies (% of samples)")
+    top.legend(loc="upper left")
+    bottom.set_ylabel("training digits labelled (%)")
+    bottom.set_xlabel("training step")
+    fig.suptitle("16×16 conv UNet on N digits: copies beyond the control (top) and the guard's labels (bottom)")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
+
+
 def fmt(x: float, spec: str) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -81,7 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=300, help="steps between checks")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memorize.json"))
+    parser.add_argument("--plot", nargs="+", metavar="JSON", help="only draw docs/memorize_copies.png from result files")
     args = parser.parse_args(argv)
+    if args.plot:
+        plot_curves(args.plot, REPO / "docs" / "memorize_copies.png")
+        return 0
     torch.set_num_threads(1)
     features = DigitsFeatures.trained(16, seed=0, resize="bilinear")
     rows = []
@@ -98,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{r['seconds']:.0f} s", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"argv": sys.argv, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"argv": sys.argv if argv is None else argv, "quick": args.quick, "rows": rows},
+                              indent=1))
     print(f"wrote {out}")
     return 0
 

@@ -16,7 +16,7 @@ is trained under six variants:
   - ``penalty_targeted``: ``PenaltySchedule(n_points=N)`` — the penalty acts only on the points the
     monitor labels OD, each with its own target (the model's LID on its held-out neighbours);
   - ``early_stopping``: ``MemorizationStopper("od_fraction", patience)`` in a guard with
-    ``restore_best_weights=True``: when it stops, the weights of the best check (the first, on ties) are
+    ``restore_best_weights=True``: when it stops, the weights of the best check (the latest healthy one, else the first best) are
     loaded back;
   - ``all``: the three together, in one ``MemorizationGuard``; ``all_targeted``: with the targeted penalty;
   - ``iet_agc``: the IET-AGC-style baseline ``LowLossSkipping(threshold, warmup)`` — samples whose loss is

@@ -73,7 +73,7 @@ class MemorizationEarlyStopping(Callback):
 
     @property
     def best_step(self) -> Optional[int]:
-        """The training step of the best check so far (the first, on ties)."""
+        """The training step of the best check so far (the latest healthy one, else the first best)."""
         return self.stopper.best_step
 
     @property

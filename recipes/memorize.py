@@ -150,8 +150,9 @@ class RunResult:
 def train_run(name: str, cfg: MemorizeConfig, train: DigitsData, heldout: torch.Tensor, features: DigitsFeatures,
               *, reweight: bool = False, penalty: bool = False) -> RunResult:
     """Trains one model under the guard for ``train.steps`` steps, measuring the truth at every check."""
-    torch.manual_seed(cfg.train.seed)
-    net = small_unet(cfg.data.size, 1, channels=tuple(cfg.model.channels))
+    with torch.random.fork_rng():  # the initial weights from the seed, the global RNG left as it was
+        torch.manual_seed(cfg.train.seed)
+        net = small_unet(cfg.data.size, 1, channels=tuple(cfg.model.channels))
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.AdamW(net.parameters(), lr=cfg.train.lr, weight_decay=0.0)
     denoiser = mmh_train.diffusers_denoiser(net, scheduler)
