@@ -6,6 +6,7 @@
         --n-train 96 --steps 7200 --every 600                             # the copies-over-steps curve
     python benchmarks/memorize.py --quick                                 # tiny sizes, well under a minute
     python benchmarks/memorize.py --plot benchmarks/results/memorize_*.json  # docs/memorize_copies.png
+    python benchmarks/memorize.py --table benchmarks/results/memorize_*.json # BENCHMARKS.md's tables
 
 Each run is ``recipes/memorize.py``'s ``train_run`` (a 16×16 conv UNet on 24 digits, the guard with its
 defaults, the truth measured at every check). Variants: ``baseline`` (no remedy; early stopping alone is the
@@ -100,6 +101,31 @@ def plot_curves(paths: list[str], out: Path) -> None:
     plt.close(fig)
 
 
+def markdown_tables(paths: list[str]) -> str:
+    """BENCHMARKS.md's tables from result files: one summary row per run, then every run's per-check table."""
+    rows = [r for path in paths for r in json.loads(Path(path).read_text())["rows"]]
+    out = ["| scenario | N | variant | seed | memorized by the end | labelled at or before the copies | never-memorized "
+           "labelled | end: excess / quality | stop → restored | restored: excess / quality | copier quality | s |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        restored = (f"{fmt(r.get('restored_excess'), '+.1%')} / {fmt(r.get('restored_quality'), '.2f')}"
+                    if "restored" in r else "—")
+        out.append(f"| {r['scenario']} | {r.get('n_train', 24)} | {r['variant']} | {r['seed']} | {r['copied']}/{r['n']} | "
+                   f"{fmt(r['lead'], '.0%')} | {fmt(r['false'], '.0%')} | {r['end_excess']:+.1%} / "
+                   f"{r['end_quality']:.2f} | {r.get('stopped_at', '—')} → {r.get('restored', '—')} | {restored} | "
+                   f"{fmt(r.get('copier_quality'), '.2f')} | {r['seconds']:.0f} |")
+    for r in rows:
+        out += ["", f"{r['scenario']}, N = {r.get('n_train', 24)}, {r['variant']}, seed {r['seed']}:", "",
+                "| step | LID train | LID held-out | labelled (OD/DD) | memorized | copies | control | AUROC | quality |",
+                "|---|---|---|---|---|---|---|---|---|"]
+        for c in r["checks"]:
+            mark = " ←" if c["step"] == r.get("restored") else (" ✕" if c["step"] == r.get("stopped_at") else "")
+            out.append(f"| {c['step']}{mark} | {c['lid_train']:.1f} | {c['lid_heldout']:.1f} | {c['labelled']} "
+                       f"({c['od']}/{c['dd']}) | {c['memorized']} | {c['copy_rate']:.1%} | {c['control_rate']:.1%} | "
+                       f"{fmt(c['auroc'], '.2f')} | {c['quality']:.2f} |")
+    return "\n".join(out)
+
+
 def fmt(x: float, spec: str) -> str:
     return "—" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
@@ -115,9 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "memorize.json"))
     parser.add_argument("--plot", nargs="+", metavar="JSON", help="only draw docs/memorize_copies.png from result files")
+    parser.add_argument("--table", nargs="+", metavar="JSON", help="only print BENCHMARKS.md's tables from result files")
     args = parser.parse_args(argv)
     if args.plot:
         plot_curves(args.plot, REPO / "docs" / "memorize_copies.png")
+        return 0
+    if args.table:
+        print(markdown_tables(args.table))
         return 0
     torch.set_num_threads(1)
     features = DigitsFeatures.trained(16, seed=0, resize="bilinear")

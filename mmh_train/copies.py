@@ -26,6 +26,7 @@ samples (docs/science.md, "Copy tests and their chance rates").
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from numbers import Real
 from typing import Any
@@ -41,6 +42,9 @@ __all__ = ["CopyReport", "copy_methods", "nearest_neighbour_ratio", "detect_copi
 
 copy_methods: tuple[str, ...] = ("ratio",)
 DEFAULT_COPY_THRESHOLD: float = 1.0 / 3.0
+#: A control whose own copy rate reaches this is not a control: it is near-copies of the training set (held-out
+#: digits read 0 %, fresh draws of a 2-d toy piece 9–15 %; docs/science.md §7).
+CONTROL_COPY_WARNING: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,7 @@ def detect_copies(generated: Tensor, train: Tensor, *, control: Tensor | None = 
     _check_distinct(reps.shape[0], 2, train.shape[0])
     if c is not None:
         _check_no_overlap(c, reps)
+        _check_control_is_not_the_samples(c, g)
 
     score, nearest_rep = _ratio_and_nearest(reps, g)
     is_copy = score < threshold
@@ -164,6 +169,11 @@ def detect_copies(generated: Tensor, train: Tensor, *, control: Tensor | None = 
     if c is not None:
         n_control_copies = int((_ratio_and_nearest(reps, c)[0] < threshold).sum())
         control_rate = n_control_copies / c.shape[0]
+        if control_rate >= CONTROL_COPY_WARNING:
+            warnings.warn(f"{control_rate:.0%} of the control points are copies of training points by the ratio "
+                          f"test: a control must be data no model produced, drawn like the training set (held-out "
+                          f"points, fresh draws), not near-copies of it; the excess is meaningless against it.",
+                          UserWarning, stacklevel=2)
         fields = dict(control_rate=control_rate, n_control=c.shape[0], excess_rate=n_copies / n_gen - control_rate,
                       excess_interval=difference_interval(n_copies, n_gen, n_control_copies, c.shape[0], confidence))
     return CopyReport(score=score, nearest=original[nearest_rep], nearest_count=group_size[nearest_rep],
@@ -206,6 +216,14 @@ def _check_no_overlap(control: Tensor, reps: Tensor) -> None:
                          f"the training rows from it.")
 
 
+def _check_control_is_not_the_samples(control: Tensor, generated: Tensor) -> None:
+    dists, _ = _knn(generated, control, 1, None)
+    shared = int((dists[:, 0] == 0).sum())
+    if shared:
+        raise ValueError(f"{shared} of {control.shape[0]} control points equal generated samples; the control must be "
+                         f"data no model produced (held-out points or fresh draws), not the samples themselves.")
+
+
 def _ratio(numerator: Tensor, denominator: Tensor) -> Tensor:
     """numerator / denominator with 0 / 0 read as 0 (a sample identical to a training point is a copy).
 
@@ -221,6 +239,11 @@ def _check_and_flatten(generated: Any, train: Any, name: str = "generated") -> t
     on ``train``'s device."""
     check_points(generated, name)
     check_points(train, "train")
+    if generated.dim() > 2 and train.dim() > 2 and generated.shape[1:] != train.shape[1:]:
+        raise ValueError(f"{name} points have shape {tuple(generated.shape[1:])} but training points "
+                         f"{tuple(train.shape[1:])}: the same number of values in another layout (e.g. channels "
+                         f"last against channels first) compares the wrong pixels. Bring both to one layout, "
+                         f"e.g. {name}.permute(0, 3, 1, 2) for [N, H, W, C].")
     if generated[0].numel() != train[0].numel():
         raise ValueError(f"{name} points have {generated[0].numel()} features but training points have "
                          f"{train[0].numel()} (shapes {tuple(generated.shape)} and {tuple(train.shape)}); "

@@ -56,7 +56,7 @@ import torch
 from torch import Tensor
 
 from .chance import benjamini_hochberg, conditional_binomial_pvalue
-from .copies import _check_and_flatten, _check_no_overlap, _distinct_rows
+from .copies import _check_and_flatten, _check_control_is_not_the_samples, _check_no_overlap, _distinct_rows
 from .memorized_distance import distance_test
 from .neighbors import _knn
 
@@ -164,6 +164,7 @@ def memorized_points(samples: Tensor, train: Tensor, control: Tensor, *, fdr: fl
         raise ValueError("train needs at least 2 distinct points (the radius is a fraction of the distance "
                          f"to the nearest other point); got {reps.shape[0]} after merging exact duplicates.")
     _check_no_overlap(c, reps)
+    _check_control_is_not_the_samples(c, g)
     n_reps, n_samples, n_control = reps.shape[0], g.shape[0], c.shape[0]
 
     spacing = _knn(reps, reps, 1, torch.arange(n_reps, device=reps.device))[0][:, 0].double().cpu()

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from .check_result import CheckResult
 from .distributed import DistributedOps, default_ops
-from .lid.flipd import flipd
+from .lid.flipd import NonFiniteLIDWarning, flipd
 from .lid.normal_bundle import normal_bundle_lid
 from .memorization import MemorizationLabels, classify_memorization, collapse_score
 from .parameterizations import as_denoiser
@@ -31,8 +31,8 @@ from .probe_conditioning import ProbeConditioning
 from .probes import InputFn, choose_probe_indices, dataset_size, derived_seed, gather_points, interleave
 from .history import latest_measured
 from .reference_choice import ReferenceLID
-from .monitor_checks import (check_estimator, check_heldout_shape, check_numbers, check_options, check_sigma_argument,
-                             resolve_rule, warn_few_heldout)
+from .monitor_checks import (check_estimator, check_heldout_shape, check_not_empty, check_numbers, check_options,
+                             check_sigma_argument, check_state_keys, resolve_rule, warn_few_heldout)
 from .survey import DataSurvey, sigma_grid, survey_training_data
 from .verdicts import calibrated_labels
 from .views import comparison_view
@@ -59,9 +59,8 @@ class MemorizationMonitor:
         n_train_probes, n_heldout_probes: probe set sizes; ``None`` takes up to 128 training and 64
             held-out points (all of them in smaller sets). A number larger than the set is an error.
         sigma: one noise level or several; the first is primary (metrics, ``lid_train``). ``"auto"`` (default)
-            takes three levels at which the noise moves a point by 2.5, 1.6 and 0.95 × the training set's
-            spacing δ (the median distance from a training probe to its nearest distinct training point):
-            σ = f·δ/√D (:func:`~mmh_train.survey.sigma_grid`), whatever the data's scale or dimension.
+            takes three levels where the noise moves a point by 2.5, 1.6 and 0.95 × the training set's spacing δ
+            (median distance of a training probe to its nearest distinct training point): σ = f·δ/√D.
         every_n_steps, every_n_epochs: cadence (``maybe_check``); default every epoch.
         estimator: ``"flipd"`` (default), ``"normal_bundle"`` or a callable
             ``(denoiser, x, sigma, *, generator, **options) -> Tensor[B]``.
@@ -100,12 +99,12 @@ class MemorizationMonitor:
                  every_n_epochs: int | None = None, estimator: str | Estimator = "flipd",
                  estimator_options: dict[str, Any] | None = None, max_probes_per_check: int | None = None,
                  max_seconds_per_check: float | None = None, max_fraction_of_training: float | None = None,
-                 reference: str | Tensor | None = "auto",
-                 reference_options: dict[str, Any] | None = None, label_options: dict[str, Any] | None = None,
+                 reference: str | Tensor | None = "auto", reference_options: dict[str, Any] | None = None,
+                 label_options: dict[str, Any] | None = None,
                  early_checks: int = 2, batch_size: int = 128, seed: int = 0, input_fn: InputFn | None = None,
                  distributed: DistributedOps | None = None, conditioning: dict[str, Tensor] | None = None,
                  heldout_conditioning: dict[str, Tensor] | None = None) -> None:
-        n_train = dataset_size(train_data)
+        n_train = check_not_empty(dataset_size(train_data))
         n_held = dataset_size(heldout_data) if heldout_data is not None else 0
         sigmas = check_sigma_argument(sigma)
         check_numbers(every_n_steps=every_n_steps, every_n_epochs=every_n_epochs, n_train_probes=n_train_probes,
@@ -238,7 +237,9 @@ class MemorizationMonitor:
             for s, sigma in enumerate(self.sigmas):
                 generator = torch.Generator(device=device).manual_seed(derived_seed(self.seed, check_index, b, s))
                 try:
-                    lid = self.estimator(den, x, sigma, generator=generator, **self.estimator_options)
+                    with warnings.catch_warnings():  # the check's own warning below names the probes and the step
+                        warnings.simplefilter("ignore", NonFiniteLIDWarning)
+                        lid = self.estimator(den, x, sigma, generator=generator, **self.estimator_options)
                 except (RuntimeError, ValueError, TypeError) as error:  # a shape the network cannot take
                     if self.conditioning is None:
                         raise
@@ -383,8 +384,7 @@ class MemorizationMonitor:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restores :meth:`state_dict`; refuses a state made with other probes, σ or seed."""
-        if state.get("version") != 1:
-            raise ValueError(f"unknown monitor state version {state.get('version')!r}.")
+        check_state_keys(state)
         same = (torch.equal(state["train_index"], self.train_index) and torch.equal(state["heldout_index"], self.heldout_index)
                 and list(state["sigmas"]) == self.sigmas and state["seed"] == self.seed)
         if not same:

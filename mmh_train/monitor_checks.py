@@ -136,3 +136,28 @@ def warn_few_heldout(rule: str, n_heldout_probes: int) -> None:
                       f"are held out: the null's spread is then underestimated and labels come by chance (an "
                       f"untrained UNet with 5 held-out images got 46% of its training images labelled). Hold out at "
                       f"least {MIN_HELDOUT_PROBES} points (64 by default).", RuntimeWarning, stacklevel=3)
+
+
+#: What :meth:`MemorizationMonitor.load_state_dict` needs (``nonfinite`` is optional).
+STATE_KEYS = ("train_index", "heldout_index", "sigmas", "seed", "history", "steps", "epochs", "pointer",
+              "seconds_per_point", "reference")
+
+
+def check_state_keys(state: dict[str, Any]) -> None:
+    """A monitor state of the known version with every key it needs, or an error that says what is wrong."""
+    if not isinstance(state, dict) or state.get("version") != 1:
+        version = state.get("version") if isinstance(state, dict) else type(state).__name__
+        raise ValueError(f"unknown monitor state version {version!r}; pass what MemorizationMonitor.state_dict() "
+                         f"returned.")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise ValueError(f"the monitor state lacks {', '.join(missing)}: it is truncated or not a state of "
+                         f"MemorizationMonitor.state_dict(); resume from a complete checkpoint.")
+
+
+def check_not_empty(n_train: int) -> int:
+    """The training set's size, refused when empty (before any pass over the data)."""
+    if n_train == 0:
+        raise ValueError("train_data is empty: the monitor watches training points; pass the training set (a "
+                         "tensor [N, ...] or a dataset with N ≥ 2 items).")
+    return n_train

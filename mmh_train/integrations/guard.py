@@ -37,6 +37,7 @@ from ..probes import dataset_size, derived_seed
 from ..remedies import AdaptiveDuplicateWeights, PenaltySchedule, penalty_on_rows, weighted_loss
 from .best_weights import BestWeights
 from .ema import check_ema, ema_weights_in
+from .guard_checks import check_part_types, check_penalty_subset, check_step_order
 from .stopping import MemorizationStopper
 
 __all__ = ["MemorizationGuard"]
@@ -78,6 +79,7 @@ class MemorizationGuard:
                  penalty_sigma: float | None = None, penalty_probes: int = 1, penalty_subset: int | None = 16,
                  seed: int = 0, audit_path: str | os.PathLike | None = None,
                  distributed: DistributedOps | None = None) -> None:
+        self._constructed = False  # attach() validates once the constructor's parts are all in
         self.monitor: MemorizationMonitor | None = None
         self.weights: AdaptiveDuplicateWeights | None = None
         self.schedule: PenaltySchedule | None = None
@@ -90,6 +92,7 @@ class MemorizationGuard:
         self.denoiser: Any | None = None  # the denoiser of the latest check (the report samples it by default)
         self.seconds = 0.0  # wall time from the first maybe_check call to the latest check (the report's "train s")
         self._first_call: float | None = None
+        check_part_types(weights=weights, penalty=penalty, stopper=stopper)
         if isinstance(weights, str):
             if weights != "survey" or monitor is None:
                 raise ValueError(f"weights={weights!r}: pass AdaptiveDuplicateWeights(...), or 'survey' together with "
@@ -105,6 +108,8 @@ class MemorizationGuard:
                     restore_best_weights=restore_best_weights, penalty_sigma=penalty_sigma,
                     penalty_probes=penalty_probes, penalty_subset=penalty_subset, seed=seed)
         self.seed = seed  # also without a penalty: the report's default sampler draws with it
+        self._last_step: int | None = None
+        self._constructed = True
         if monitor is not None:
             self.validate()
 
@@ -133,12 +138,15 @@ class MemorizationGuard:
             self.seed = seed
         if restore_best_weights is not False and (self.best is None or not self.best.kept_at(restore_best_weights)):
             self.best = BestWeights(restore_best_weights)
+        if self.monitor is not None and self._constructed:
+            self.validate()  # parts attached later are checked like the constructor's, before any work
         return self
 
     def validate(self) -> None:
         """Refuses, before any work, a combination of parts that cannot work; fills in what the monitor decides
         (the penalty's σ, the per-point penalty's size)."""
         m = self.monitor
+        check_penalty_subset(self.penalty_subset)
         if self.best is not None and self.stopper is None:
             raise ValueError("restore_best_weights needs a stopper: pass stopper=MemorizationStopper(...).")
         if self.schedule is not None:
@@ -203,6 +211,7 @@ class MemorizationGuard:
         now = time.perf_counter()
         self._first_call = now if self._first_call is None else self._first_call
         self.denoiser = denoiser  # also after a resume with no check since: the report and the restore use it
+        self._last_step = check_step_order(step, self._last_step)
         if not self.monitor.should_check(step, epoch=epoch, epoch_end=epoch_end) or step in self.monitor.steps:
             return None
         with ema_weights_in(self.ema, networks):
@@ -387,5 +396,12 @@ class MemorizationGuard:
         return {part: self.part_state(part) for part in PARTS}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        attached = {"monitor": self.monitor, "weights": self.weights, "penalty": self.schedule, "stopper": self.stopper}
+        dropped = [part for part in PARTS if state.get(part) is not None and attached[part] is None]
+        if dropped:
+            warnings.warn(f"the guard state holds the {', '.join(dropped)} state of the run that saved it, but this "
+                          f"guard has no {' or '.join(dropped)}: that state is not restored. Build the guard with the "
+                          f"same parts as the run that saved it to continue it.", RuntimeWarning, stacklevel=2)
         for part in PARTS:
             self.load_part_state(part, state.get(part))
+

@@ -9,6 +9,7 @@ networks can read below 0 or above D.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +22,12 @@ from ..parameterizations import Denoiser
 from ._prepare import output_checker, prepare_denoiser_call
 from .per_sample import check_per_sample
 
-__all__ = ["FlipdEstimate", "flipd", "flipd_estimate", "flipd_from_denoiser_terms", "trace_of_denoiser"]
+
+class NonFiniteLIDWarning(RuntimeWarning):
+    """FLIPD met non-finite denoiser values (the monitor, which reports them itself, silences it)."""
+
+
+__all__ = ["FlipdEstimate", "NonFiniteLIDWarning", "flipd", "flipd_estimate", "flipd_from_denoiser_terms", "trace_of_denoiser"]
 
 
 @dataclass(frozen=True)
@@ -146,6 +152,12 @@ def flipd_estimate(
         est = trace_of_denoiser(den, x, sigma_b, precision=precision, mode=mode, generator=generator,
                                 n_probes=n_probes, probe=probe, chunk_size=chunk_size, exact_max_dim=exact_max_dim)
         lid, residual = flipd_terms(est.output, x, est.trace, sigma_b)
+    bad = ~torch.isfinite(lid)
+    if bool(bad.any()):
+        warnings.warn(f"FLIPD is NaN or infinite at {int(bad.sum())} of {len(lid)} points: the denoiser returned "
+                      f"non-finite values there (a diverged network, a σ outside its schedule, or an overflow in half "
+                      f"precision). Those entries are not LIDs; drop them rather than average them.",
+                      NonFiniteLIDWarning, stacklevel=3)
     return FlipdEstimate(lid=lid, trace=est.trace, residual=residual / sigma_b.to(residual.dtype) ** 2, sigma=sigma_b,
                          stderr=est.stderr, denoised=est.output.detach())
 

@@ -16,3 +16,5 @@ def test_quick_run_writes_every_row_with_its_checks(run_quick, tmp_path):
     assert "natural    baseline seed 0" in printed
     script.plot_curves([str(tmp_path / "memorize.json")], tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
+    table = script.markdown_tables([str(tmp_path / "memorize.json")])
+    assert table.count("| natural | 12 | baseline | 0 |") == 1 and "| step | LID train |" in table

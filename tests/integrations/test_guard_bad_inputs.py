@@ -1,0 +1,98 @@
+"""Reliability: guard, monitor and copy-test inputs that used to pass silently or fail raw, each refused up front
+with the fix named, or warned about (issue "Reliability, third round")."""
+
+import warnings
+
+import pytest
+import torch
+from diffusers import DDPMScheduler
+from lightning_toys import TimeMLP
+
+import mmh_train
+from mmh_train import MemorizationGuard, MemorizationMonitor, MemorizationStopper
+from mmh_train.lid.flipd import NonFiniteLIDWarning
+from mmh_train.remedies import PenaltySchedule
+
+X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))
+H = torch.randn(32, 4, generator=torch.Generator().manual_seed(1))
+
+
+def monitor(**kwargs):
+    return MemorizationMonitor(X, H, sigma=0.5, every_n_steps=1, **kwargs)
+
+
+@pytest.fixture
+def denoiser():
+    return mmh_train.diffusers_denoiser(TimeMLP(4), DDPMScheduler(num_train_timesteps=1000))
+
+
+def test_a_step_counter_that_goes_back_is_refused(denoiser):
+    guard = MemorizationGuard(monitor())
+    guard.maybe_check(denoiser, 1)
+    guard.maybe_check(denoiser, 2)
+    guard.maybe_check(denoiser, 2)  # the same step again (accumulation, an epoch end) is fine
+    with pytest.raises(ValueError, match="pass the global training step"):
+        guard.maybe_check(denoiser, 1)  # a per-epoch counter restarting
+    assert guard.monitor.steps == [1, 2]
+
+
+def test_parts_attached_later_are_validated_like_the_constructors():
+    with pytest.raises(ValueError, match="needs labels"):
+        MemorizationGuard(monitor(reference=None)).attach(stopper=MemorizationStopper())
+    with pytest.raises(ValueError, match="needs a stopper"):
+        MemorizationGuard(monitor()).attach(restore_best_weights=True)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"stopper": "od_fraction"}, TypeError, r"Pass MemorizationStopper\('od_fraction'\)"),
+    ({"weights": torch.ones(64)}, TypeError, "AdaptiveDuplicateWeights"),
+    ({"penalty": 10.0}, TypeError, "PenaltySchedule"),
+    ({"penalty": PenaltySchedule(), "penalty_subset": 0}, ValueError, "penalty_subset must be an integer ≥ 1"),
+])
+def test_constructor_parts_of_the_wrong_kind_name_the_fix(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        MemorizationGuard(monitor(), **kwargs)
+
+
+def test_a_state_for_a_part_the_guard_lacks_is_not_dropped_silently(denoiser):
+    saved = MemorizationGuard(monitor(), stopper=MemorizationStopper())
+    saved.maybe_check(denoiser, 1)
+    with pytest.warns(RuntimeWarning, match="holds the stopper state .* has no stopper"):
+        MemorizationGuard(monitor()).load_state_dict(saved.state_dict())
+
+
+def test_a_truncated_monitor_state_and_an_empty_training_set_name_the_problem():
+    state = monitor().state_dict()
+    del state["train_index"]
+    with pytest.raises(ValueError, match="lacks train_index: it is truncated"):
+        monitor().load_state_dict(state)
+    with pytest.raises(ValueError, match="train_data is empty"):
+        MemorizationMonitor(torch.zeros(0, 4), H, sigma=0.5)
+
+
+def test_flipd_warns_when_the_denoiser_returns_nan_and_the_monitor_reports_it_once(denoiser):
+    with pytest.warns(NonFiniteLIDWarning, match="NaN or infinite at 4 of 4"):
+        lid = mmh_train.flipd(lambda y, s: y * float("nan"), X[:4], 0.5)
+    assert bool(torch.isnan(lid).all())
+    broken = MemorizationMonitor(X, H, sigma=0.5, every_n_steps=1)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        nan_where_large = lambda y, s: 0.9 * y + torch.where(y[:, :1] > 1.0, float("nan"), 0.0)  # some probes NaN
+        broken.check(nan_where_large, 1)
+    kinds = [type(w.message).__name__ for w in caught]
+    assert "NonFiniteLIDWarning" not in kinds and any("step 1" in str(w.message) for w in caught)
+
+
+def test_copy_tests_refuse_another_layout_and_a_control_that_is_the_samples():
+    train = torch.randn(10, 1, 4, 4, generator=torch.Generator().manual_seed(2))
+    control = torch.randn(10, 1, 4, 4, generator=torch.Generator().manual_seed(3))
+    channels_last = train.permute(0, 2, 3, 1).repeat(2, 1, 1, 1)
+    for test in (mmh_train.detect_copies, mmh_train.memorized_points):
+        with pytest.raises(ValueError, match="another layout"):
+            test(channels_last, train, control=control)
+    samples = torch.randn(20, 1, 4, 4, generator=torch.Generator().manual_seed(4))
+    with pytest.raises(ValueError, match="equal generated samples"):
+        mmh_train.detect_copies(samples, train, control=samples[:10])
+    near_copies = train + 1e-4 * torch.randn(10, 1, 4, 4, generator=torch.Generator().manual_seed(5))
+    with pytest.warns(UserWarning, match="control points are copies of training points"):
+        mmh_train.detect_copies(samples, train, control=near_copies)
