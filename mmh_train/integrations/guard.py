@@ -37,7 +37,7 @@ from ..probes import dataset_size, derived_seed
 from ..remedies import AdaptiveDuplicateWeights, PenaltySchedule, penalty_on_rows, weighted_loss
 from .best_weights import BestWeights
 from .ema import check_ema, ema_weights_in
-from .guard_checks import check_part_types, check_penalty_subset, check_step_order
+from .guard_checks import check_part_types, check_penalty_subset, check_step_order, check_stopper_and_weights
 from .stopping import MemorizationStopper
 
 __all__ = ["MemorizationGuard"]
@@ -168,25 +168,7 @@ class MemorizationGuard:
             if not self.schedule.per_point and self.schedule.target is None and (m is None or not m.labels_anything):
                 raise ValueError("the global LID penalty with target=None takes its target from the monitor's LID*; "
                                  "monitor with reference='data' (LIDMonitor(..., reference='data')) or pass target=.")
-        if self.stopper is not None:
-            metric = self.stopper.monitor
-            if m is None:
-                raise ValueError("early stopping acts on the checks of a monitor; add mmh_train.callbacks.LIDMonitor(...) "
-                                 "to the Trainer's callbacks (plain loops: MemorizationGuard(monitor, ...)).")
-            if metric in ("od_fraction", "dd_fraction") and not m.labels_anything:
-                raise ValueError(f"{metric} needs labels, but the monitor labels nothing (reference=None); give it "
-                                 f"held-out data (the default rule) or reference='data', or stop on collapse.")
-            if metric in ("od_fraction", "dd_fraction") and m.rule != "heldout_null" and m.reference.kind == "data":
-                warnings.warn(f"early stopping on {metric} with labels from the model-free rule (no held-out data): "
-                              f"its margins were set on 10-d toys and do not transfer to images; give the monitor "
-                              f"held-out data (MemorizationMonitor(train, heldout, ...)) for calibrated labels.",
-                              RuntimeWarning, stacklevel=3)
-            if metric == "lid_gap" and not len(m.heldout_index):
-                raise ValueError("lid_gap compares train and held-out probes, but the monitor has no held-out data; "
-                                 "pass heldout_data=..., or stop on od_fraction or collapse.")
-        if self.weights is not None and m is not None and len(self.weights.weights) != dataset_size(m.train_data):
-            raise ValueError(f"the duplicate weights cover {len(self.weights.weights)} points but the monitor's "
-                             f"training set has {dataset_size(m.train_data)}; build both on the same dataset.")
+        check_stopper_and_weights(m, self.stopper, self.weights)
 
     def _ops(self) -> DistributedOps:
         return self.distributed or default_ops()
@@ -270,6 +252,20 @@ class MemorizationGuard:
             if callable(close):
                 close()
 
+    def final_check(self) -> CheckResult | None:
+        """Checks the final weights when training went on past the latest check or none ran (a run shorter than the
+        cadence), unless early stopping restored a check; :meth:`write_report` calls it."""
+        m = self.monitor
+        if m is None or self.denoiser is None or self._last_step is None or self.should_stop:
+            return None
+        if m.steps and self._last_step <= m.steps[-1]:
+            return None
+        with ema_weights_in(self.ema, as_denoiser(self.denoiser).modules()):
+            self.last_result = m.check(self.denoiser, self._last_step)
+        if self.audit_path is not None:
+            self.write_audit(self.audit_path)
+        return self.last_result
+
     def write_audit(self, path: str | os.PathLike) -> Path:
         """Writes the per-sample audit table of the latest check to ``path`` (CSV, atomically; rank 0 only).
 
@@ -295,23 +291,11 @@ class MemorizationGuard:
         ``maybe_check`` call saw), with the EMA weights swapped in when the guard watches an EMA. Other arguments: see
         :func:`mmh_train.report.write_guard_report`.
         """
-        from ..report.from_guard import write_guard_report  # matplotlib only when a report is written
-        from ..sampling import sample
+        from ..report.from_guard import default_sampler, write_guard_report  # matplotlib only for a report
 
-        denoiser = denoiser if denoiser is not None else self.denoiser
+        self.final_check()
         if sampler is None:
-            if denoiser is None:
-                raise RuntimeError("the guard has seen no denoiser in this process (no maybe_check call since the "
-                                   "start or the resume): pass denoiser=... (or sampler=...) to write_report.")
-            networks = as_denoiser(denoiser).modules()
-            shape = tuple(self.monitor.points().shape[1:])
-            device = next((p.device for net in networks for p in net.parameters()), torch.device("cpu"))
-
-            def sampler(n: int) -> Tensor:
-                with ema_weights_in(self.ema, networks):
-                    return sample(denoiser, (n, *shape), sigma_min=0.02, device=device,  # noise drawn on the CPU
-                                  generator=torch.Generator().manual_seed(self.seed))
-
+            sampler = default_sampler(self, denoiser if denoiser is not None else self.denoiser)
         options.setdefault("seconds", self.seconds)
         return write_guard_report(out_dir, self, sampler=sampler, train_data=train_data, heldout_data=heldout_data,
                                   n_samples=n_samples, **options)

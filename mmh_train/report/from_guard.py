@@ -25,7 +25,7 @@ from ..quality import mmd_rbf, sliced_wasserstein
 from .record import RunRecord, VariantResult
 from .write import summary_text, write_report
 
-__all__ = ["copy_control", "guard_notes", "variant_from_monitor", "write_guard_report"]
+__all__ = ["copy_control", "default_sampler", "guard_notes", "variant_from_monitor", "write_guard_report"]
 
 
 def copy_control(train_x: Tensor, heldout_x: Tensor | None) -> Tensor | None:
@@ -98,6 +98,28 @@ def variant_from_monitor(name: str, monitor: Any, samples: Tensor, train_x: Tens
         copy_control_rate=copies.control_rate, copy_excess_interval=copies.excess_interval,
         restored_step=restored_step, rule=labels.rule if labels else "reference",
         score=labels.score if labels else None)
+
+
+def default_sampler(guard: Any, denoiser: Any) -> Callable[[int], Tensor]:
+    """``n -> [n, ...]`` samples of ``denoiser`` by the library's ODE sampler (noise drawn on the CPU with the
+    guard's seed), with the EMA weights swapped in when the guard watches an EMA."""
+    from ..integrations.ema import ema_weights_in
+    from ..parameterizations import as_denoiser
+    from ..sampling import sample
+
+    if denoiser is None:
+        raise RuntimeError("the guard has seen no denoiser in this process (no maybe_check call since the start or "
+                           "the resume): pass denoiser=... (or sampler=...) to write_report.")
+    networks = as_denoiser(denoiser).modules()
+    shape = tuple(guard.monitor.points().shape[1:])
+    device = next((p.device for net in networks for p in net.parameters()), torch.device("cpu"))
+
+    def sampler(n: int) -> Tensor:
+        with ema_weights_in(guard.ema, networks):
+            return sample(denoiser, (n, *shape), sigma_min=0.02, device=device,
+                          generator=torch.Generator().manual_seed(guard.seed))
+
+    return sampler
 
 
 def _points(data: Tensor | Sequence[Any] | None, input_fn: Any) -> Tensor | None:

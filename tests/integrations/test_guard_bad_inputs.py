@@ -96,3 +96,15 @@ def test_copy_tests_refuse_another_layout_and_a_control_that_is_the_samples():
     near_copies = train + 1e-4 * torch.randn(10, 1, 4, 4, generator=torch.Generator().manual_seed(5))
     with pytest.warns(UserWarning, match="control points are copies of training points"):
         mmh_train.detect_copies(samples, train, control=near_copies)
+
+
+def test_a_run_shorter_than_the_cadence_still_ends_with_a_check_and_its_report(tmp_path, denoiser):
+    """The README's train_unconditional command checked every --checkpointing_steps and ended before the first:
+    write_report raised "none has run yet". The report now checks the final weights first."""
+    guard = MemorizationGuard(MemorizationMonitor(X, H, sigma=0.5, every_n_steps=100))
+    for step in range(1, 6):
+        guard.maybe_check(denoiser, step)
+    assert guard.monitor.steps == []
+    guard.write_report(tmp_path, train_data=X, heldout_data=H, n_samples=16)
+    assert guard.monitor.steps == [5] and (tmp_path / "report.md").stat().st_size > 0
+    assert guard.final_check() is None  # nothing new to check
