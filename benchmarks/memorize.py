@@ -77,24 +77,23 @@ def plot_curves(paths: list[str], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
-    colours = {}
+    colours: dict[str, str] = {}
     for path in paths:
         for row in json.loads(Path(path).read_text())["rows"]:
-            if row["variant"] != "baseline" or row["scenario"] != "natural":
+            if row["variant"] != "baseline":
                 continue
-            n = row.get("n_train", 24)
-            colour = colours.setdefault(n, f"C{len(colours)}")
+            key = f"N = {row['n']}" + (" (duplicated)" if row["scenario"] == "duplicated" else "")
+            first = key not in colours
+            colour = colours.setdefault(key, f"C{len(colours)}")
             steps = [c["step"] for c in row["checks"]]
-            label = f"N = {n}" if n not in getattr(plot_curves, "seen", set()) else None
-            plot_curves.seen = getattr(plot_curves, "seen", set()) | {n}
             top.plot(steps, [100 * (c["copy_rate"] - c["control_rate"]) for c in row["checks"]], "o-", color=colour,
-                     label=label, alpha=0.8)
+                     label=key if first else None, alpha=0.8)
             bottom.plot(steps, [100 * c["labelled"] / row["n"] for c in row["checks"]], "s--", color=colour, alpha=0.8)
     top.set_ylabel("excess copies (% of samples)")
     top.legend(loc="upper left")
     bottom.set_ylabel("training digits labelled (%)")
     bottom.set_xlabel("training step")
-    fig.suptitle("16×16 conv UNet on N digits: copies beyond the control (top) and the guard's labels (bottom)")
+    fig.suptitle("16×16 conv UNet on N digits: copies beyond the control (top), the guard's labels (bottom)")
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)

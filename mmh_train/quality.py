@@ -7,6 +7,8 @@ from torch import Tensor
 
 from ._checks import check_points, check_positive_int
 
+_TRAINED: dict[tuple, "DigitsFeatures"] = {}
+
 __all__ = ["DigitsFeatures", "sliced_wasserstein", "mmd_rbf"]
 
 
@@ -68,7 +70,15 @@ class DigitsFeatures(torch.nn.Module):
     @classmethod
     def trained(cls, size: int = 16, *, steps: int = 400, seed: int = 0, resize: str = "pad") -> "DigitsFeatures":
         """Trains on 80% of the digits (``resize`` as in :func:`~mmh_train.data.load_digits`); ``accuracy`` holds
-        the held-out 20%'s accuracy."""
+        the held-out 20%'s accuracy. The frozen model is made once per process and settings (it is deterministic
+        from them, and recipes and benchmarks ask for it once per run)."""
+        key = (cls, size, steps, seed, resize)
+        if key not in _TRAINED:
+            _TRAINED[key] = cls._train(size, steps=steps, seed=seed, resize=resize)
+        return _TRAINED[key]
+
+    @classmethod
+    def _train(cls, size: int, *, steps: int, seed: int, resize: str) -> "DigitsFeatures":
         from .data import load_digits
 
         data = load_digits(size=size, resize=resize)
