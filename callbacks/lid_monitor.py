@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -76,6 +77,11 @@ class LIDMonitor(Callback):
     @override
     def on_fit_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:
         self.guard.validate()  # every callback has attached its part by now
+        every = self.monitor.every_n_steps
+        if every is not None and trainer.max_steps and 0 < trainer.max_steps < every:
+            warnings.warn(f"LIDMonitor(every_n_steps={every}) with Trainer(max_steps={trainer.max_steps}): no check "
+                          f"will run, so nothing is labelled and early stopping cannot act; lower every_n_steps.",
+                          RuntimeWarning, stacklevel=2)
 
     @override
     def on_train_start(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule") -> None:

@@ -57,14 +57,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(ToyConfig, argv)
         validate(cfg.train, cfg.monitor, cfg.remedies)
+        if not cfg.data.dims or min(cfg.data.dims) < 1:
+            raise ConfigError(f"data.dims={cfg.data.dims} must list piece dimensions ≥ 1, e.g. data.dims=[2,4,8].")
         if max(cfg.data.dims) > cfg.data.ambient_dim or cfg.data.n_train < 2:
             raise ConfigError(f"data.dims {cfg.data.dims} must fit in data.ambient_dim={cfg.data.ambient_dim} "
                               f"and data.n_train must be ≥ 2.")
         check_ranges({"model.width": (cfg.model.width, 1), "model.depth": (cfg.model.depth, 1),
                       "data.n_heldout": (cfg.data.n_heldout, 2), "data.dup_copies": (cfg.data.dup_copies, 1),
                       "data.dup_fraction": (cfg.data.dup_fraction, 0.0), "data.ambient_dim": (cfg.data.ambient_dim, 1)})
-        if not cfg.data.dims or min(cfg.data.dims) < 1:
-            raise ConfigError(f"data.dims={cfg.data.dims} must list piece dimensions ≥ 1.")
         if cfg.data.dup_fraction > 1.0:
             raise ConfigError(f"data.dup_fraction={cfg.data.dup_fraction} is a fraction of the training points: "
                               f"choose it in [0, 1].")

@@ -76,10 +76,18 @@ def _read_metadata(root: Path, caption_column: str) -> dict[str, str]:
         if not isinstance(entry[caption_column], str):
             raise ValueError(f"{path}, line {number}: the caption {caption_column!r} must be a string; got "
                              f"{type(entry[caption_column]).__name__}.")
-        captions[Path(str(entry["file_name"])).as_posix()] = entry[caption_column]
+        name = Path(str(entry["file_name"])).as_posix()
+        if name in captions:
+            raise ValueError(f"{path}, line {number}: {name!r} is listed a second time; one line per image (a "
+                             f"second caption would silently replace the first).")
+        captions[name] = entry[caption_column]
     if not captions:
         raise ValueError(f"{path} lists no image; add one line per image: "
                          f'{{"file_name": "01.png", "{caption_column}": "a photo of ..."}}.')
+    if not any(caption.strip() for caption in captions.values()):
+        raise ValueError(f"every caption in {path} is empty: the model would train unconditionally and LID(z | c) "
+                         f"would equal LID(z). Fill the {caption_column!r} values, or give one caption to every "
+                         f"image with instance_prompt (data.instance_prompt=...) and no {METADATA_FILE}.")
     return captions
 
 

@@ -109,3 +109,10 @@ def test_default_epoch_cadence_checks_and_logs_at_every_epoch_end(tmp_path):
     t.fit(run_model, loader(sample))  # 10 batches per epoch; max_steps ends a partial third epoch at 25
     assert monitor.monitor.steps == [10, 20, 25]
     assert "mmh/lid_train" in t.callback_metrics
+
+
+def test_a_cadence_longer_than_training_is_warned_about(tmp_path):
+    sample = toy_data(16)
+    monitor = LIDMonitor(sample.x, toy_data(32, seed=1).x, sigma=0.1, every_n_steps=100, audit_path=False)
+    with pytest.warns(RuntimeWarning, match=r"every_n_steps=100\) with Trainer\(max_steps=6\): no check will run"):
+        run(tmp_path, 16, 6, [monitor])

@@ -70,3 +70,16 @@ def test_captioned_digits_are_rgb_and_captioned_with_their_class():
     data = captioned_digits(rows=torch.tensor([0, 1, 2]), size=16)
     assert data.images.shape == (3, 3, 16, 16) and data.captions[0] == "a photo of the digit 0"
     assert data.images.min() >= -1 and data.images.max() <= 1 and data.files[2] == "digits/2"
+
+
+def test_a_second_line_for_one_image_and_all_empty_captions_are_refused(tmp_path):
+    _image(tmp_path / "a.png")
+    _image(tmp_path / "b.png")
+    _metadata(tmp_path, [("a.png", "first"), ("b.png", "other"), ("a.png", "second")])
+    with pytest.raises(ValueError, match="line 3: 'a.png' is listed a second time"):
+        load_captioned_folder(tmp_path)
+    _metadata(tmp_path, [("a.png", ""), ("b.png", "  ")])
+    with pytest.raises(ValueError, match="every caption .* is empty"):
+        load_captioned_folder(tmp_path)
+    _metadata(tmp_path, [("a.png", ""), ("b.png", "a square")])  # one empty caption is allowed
+    assert load_captioned_folder(tmp_path).captions == ("", "a square")

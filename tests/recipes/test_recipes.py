@@ -112,6 +112,7 @@ def test_digits_class_conditional_end_to_end(tmp_path):
     (["train.stepz=10"], "Valid keys"),
     (["train.steps=many"], "steps"),
     (["data.dims=[2,20]"], "must fit in data.ambient_dim"),
+    (["data.dims=[]"], "must list piece dimensions"),
     (["train.objective=score"], "choose one of"),
     (["--steps", "10"], "key=value"),
     (["config=missing.yaml"], "does not exist"),
