@@ -122,6 +122,19 @@ def default_sampler(guard: Any, denoiser: Any) -> Callable[[int], Tensor]:
     return sampler
 
 
+def _check_same_training_set(monitor: Any, train_x: Tensor) -> None:
+    """The report's training set must be the one the monitor watched: its probes, read from it, match."""
+    P = len(monitor.train_index)
+    watched = monitor.points()[:P]
+    if len(train_x) != dataset_size(monitor.train_data) or tuple(train_x.shape[1:]) != tuple(watched.shape[1:]):
+        raise ValueError(f"train_data has shape {tuple(train_x.shape)} but the monitor watched "
+                         f"{dataset_size(monitor.train_data)} points of shape {tuple(watched.shape[1:])}: pass the "
+                         f"training set the monitor was built with.")
+    if not torch.equal(train_x[monitor.train_index].float(), watched.float()):
+        raise ValueError("train_data is not the set the monitor watched (its probes differ): pass the training set "
+                         "the monitor was built with, so that copies and labels refer to the same points.")
+
+
 def _points(data: Tensor | Sequence[Any] | None, input_fn: Any) -> Tensor | None:
     if data is None:
         return None
@@ -152,6 +165,7 @@ def write_guard_report(out_dir: str | os.PathLike, guard: Any, *, sampler: Calla
     if getattr(guard, "rank", 0) != 0:
         return Path(out_dir) / "report.md"
     train_x = _points(train_data, monitor.input_fn)
+    _check_same_training_set(monitor, train_x)
     heldout_x = _points(heldout_data, monitor.input_fn)
     samples = sampler(n_samples) if callable(sampler) else sampler
     if not isinstance(samples, Tensor) or tuple(samples.shape[1:]) != tuple(train_x.shape[1:]):

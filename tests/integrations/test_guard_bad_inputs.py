@@ -108,3 +108,13 @@ def test_a_run_shorter_than_the_cadence_still_ends_with_a_check_and_its_report(t
     guard.write_report(tmp_path, train_data=X, heldout_data=H, n_samples=16)
     assert guard.monitor.steps == [5] and (tmp_path / "report.md").stat().st_size > 0
     assert guard.final_check() is None  # nothing new to check
+
+
+def test_the_report_refuses_a_training_set_the_monitor_did_not_watch(tmp_path, denoiser):
+    guard = MemorizationGuard(monitor())
+    guard.maybe_check(denoiser, 1)
+    with pytest.raises(ValueError, match="not the set the monitor watched"):
+        guard.write_report(tmp_path, train_data=X + 1.0, heldout_data=H, n_samples=8)
+    with pytest.raises(ValueError, match="train_data has shape"):
+        guard.write_report(tmp_path, train_data=X[:, :2], heldout_data=H, n_samples=8)
+    assert not (tmp_path / "report.md").exists()
