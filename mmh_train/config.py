@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence, TypeVar
 
 from omegaconf import OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
 
 __all__ = ["ConfigError", "load_config", "save_config"]
 
@@ -58,6 +58,9 @@ def load_config(schema: type[T], argv: Sequence[str] | None = None) -> T:
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(overrides))
         return OmegaConf.to_object(merged)  # type: ignore[return-value]
     except OmegaConfBaseException as error:
+        key, first_line = getattr(error, "full_key", None), str(error).splitlines()[0]
+        if isinstance(error, ValidationError) and key:  # a known key with a value of the wrong type
+            raise ConfigError(f"{key}: {first_line}; give it a value of its type (see --help).") from None
         valid = ", ".join(f.name for f in dataclasses.fields(schema))
         raise ConfigError(f"{error}\nValid keys of {schema.__name__}: {valid}.") from None
 

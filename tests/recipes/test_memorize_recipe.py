@@ -62,6 +62,7 @@ def test_detection_counts_labels_ahead_of_copies():
     (["data.n_train=2"], "data.n_train must be"), (["data.duplicates=30"], "exceeds data.n_train"),
     (["data.n_heldout=1790"], "exceeds the 1797"), (["data.size=10", "model.channels=[8,16,32]"], "divisible by 4"),
     (["monitor.every_n_steps=300", "train.steps=400"], "fewer than 2 checks"), (["train.lr=-1"], "train.lr"),
+    (["train.steps=2.5"], "train.steps: Value '2.5' of type 'float' could not be converted to Integer"),
 ])
 def test_bad_configs_are_refused_before_any_work(tmp_path, capsys, override, match):
     assert memorize.main([f"out_dir={tmp_path / 'run'}", *override]) == 2
