@@ -69,7 +69,8 @@ def resolve_rule(reference: Any, heldout_data: Any, n_held_probes: int, n_train:
         raise ValueError(f"reference='heldout_null' compares each held-out probe with its nearest others, so it "
                          f"needs at least 2 held-out probes; got {n_held_probes}. Pass n_heldout_probes ≥ 2 (or "
                          f"None for up to 64) or more held-out data.")
-    if isinstance(reference, str) and reference == "auto":
+    auto = isinstance(reference, str) and reference == "auto"
+    if auto:
         reference = "heldout_null" if heldout_data is not None and n_held_probes >= 2 else "data"
     rule = "heldout_null" if isinstance(reference, str) and reference == "heldout_null" else "reference"
     survey_options = dict(reference_options or {}) if rule == "heldout_null" else {}
@@ -78,6 +79,15 @@ def resolve_rule(reference: Any, heldout_data: Any, n_held_probes: int, n_train:
                         f"reference='heldout_null'; it takes 'near_ratio'.")
     k = (reference_options or {}).get("k", 20)
     if isinstance(reference, str) and reference == "data" and k >= n_train:
+        if auto and "k" not in (reference_options or {}):  # the user set nothing: say what the data lack
+            raise ValueError(f"{n_train} training points and {n_held_probes} held-out points are too few to label "
+                             f"memorization: the labels compare each training point with held-out points near it "
+                             f"(at least 2 held-out, 16 or more for labels that are not chance) or, without "
+                             f"held-out data, with its {k} nearest training neighbours. Hold out more points (e.g. "
+                             f"10 % of a set of 160 or more), or pass reference=None to watch LID without labels.")
+        if n_train < 3:
+            raise ValueError(f"reference='data' estimates LID* from neighbours and needs at least 3 training points; "
+                             f"got {n_train}. Pass more data, or reference=None.")
         raise ValueError(f"reference='data' estimates LID* from k={k} neighbours but the training set has "
                          f"{n_train} points; pass reference_options={{'k': {max(2, n_train // 3)}}} or more data.")
     return rule, reference, survey_options

@@ -118,3 +118,12 @@ def test_the_report_refuses_a_training_set_the_monitor_did_not_watch(tmp_path, d
     with pytest.raises(ValueError, match="train_data has shape"):
         guard.write_report(tmp_path, train_data=X[:, :2], heldout_data=H, n_samples=8)
     assert not (tmp_path / "report.md").exists()
+
+
+def test_too_small_a_set_is_refused_in_the_users_terms():
+    """reference='auto' on 9 points with 1 held out used to fail with "reference='data' estimates LID* from k
+    neighbours", an option the user never set; 2 points got advice (k=2) that still failed."""
+    with pytest.raises(ValueError, match="9 training points and 1 held-out points are too few .* Hold out more"):
+        MemorizationMonitor(X[:9], H[:1], sigma=0.5)
+    with pytest.raises(ValueError, match="needs at least 3 training points; got 2"):
+        MemorizationMonitor(X[:2], None, sigma=0.5, reference="data")
