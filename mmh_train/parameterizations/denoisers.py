@@ -225,5 +225,18 @@ def modules_inside(fn: Any) -> list[nn.Module]:
 
 
 def as_denoiser(denoiser: Any) -> Denoiser:
-    """Returns ``denoiser`` if it already is a :class:`Denoiser`, else wraps a plain callable."""
-    return denoiser if isinstance(denoiser, Denoiser) else CallableDenoiser(denoiser)
+    """Returns ``denoiser`` if it already is a :class:`Denoiser`, else wraps a plain callable ``(x, sigma) -> x0``.
+
+    A diffusers network (``UNet2DModel``, ``UNet2DConditionModel``, ...) is refused: it predicts ε, v or a velocity
+    at its own timesteps, not a denoised point at a noise level, and needs its scheduler to become one.
+    """
+    if isinstance(denoiser, Denoiser):
+        return denoiser
+    if not callable(denoiser):
+        raise TypeError(f"expected a denoiser, a callable (x [B, ...], sigma [B]) -> x0 [B, ...]; got "
+                        f"{type(denoiser).__name__}.")
+    if hasattr(denoiser, "config") and type(denoiser).__module__.startswith("diffusers"):
+        raise TypeError(f"got the bare network {type(denoiser).__name__}; wrap it with its scheduler so that it "
+                        f"denoises at a noise level: mmh_train.diffusers_denoiser(mmh_train.raw_network(model), "
+                        f"noise_scheduler).")
+    return CallableDenoiser(denoiser)

@@ -127,3 +127,16 @@ def test_too_small_a_set_is_refused_in_the_users_terms():
         MemorizationMonitor(X[:9], H[:1], sigma=0.5)
     with pytest.raises(ValueError, match="needs at least 3 training points; got 2"):
         MemorizationMonitor(X[:2], None, sigma=0.5, reference="data")
+
+
+def test_a_bare_diffusers_network_is_refused_with_the_wrapper_named():
+    from diffusers import UNet2DModel
+
+    unet = UNet2DModel(sample_size=8, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 8),
+                       norm_num_groups=4, down_block_types=("DownBlock2D",) * 2, up_block_types=("UpBlock2D",) * 2)
+    images = torch.randn(16, 1, 8, 8, generator=torch.Generator().manual_seed(6))
+    guard = MemorizationGuard(MemorizationMonitor(images, images[:8] + 1.0, sigma=0.5, every_n_steps=1))
+    with pytest.raises(TypeError, match=r"bare network UNet2DModel; wrap it .* mmh_train.diffusers_denoiser"):
+        guard.maybe_check(unet, 1)
+    with pytest.raises(TypeError, match="expected a denoiser"):
+        mmh_train.flipd(42, images[:2], 0.5)
