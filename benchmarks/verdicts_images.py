@@ -62,7 +62,9 @@ class Config:
 
     @classmethod
     def quick(cls) -> "Config":
-        return cls(seeds=(0,), n_train=60, n_memorized=6, n_dup_memorized=2, n_dup_free=2, n_heldout=40, size=16)
+        # ≥ 64 images outside the memorized ones: the control's Gaussian must span the upsampled digits' 64-d
+        # subspace, or it is itself overfit (held-out images off its support read far above the training ones)
+        return cls(seeds=(0,), n_train=100, n_memorized=6, n_dup_memorized=2, n_dup_free=2, n_heldout=40, size=16)
 
 
 class PartialMemorizer:
