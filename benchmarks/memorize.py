@@ -150,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(1)
     features = DigitsFeatures.trained(16, seed=0, resize="bilinear")
-    rows = []
+    rows, out = [], Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     for scenario in args.scenarios:
         for seed in args.seeds:
             for variant in args.variants:
@@ -162,10 +163,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"(best {r['best_quality']:.3f}) stop {r.get('stopped_at', '—')} -> {r.get('restored', '—')} "
                       f"excess {fmt(r.get('restored_excess'), '+.1%')} quality {fmt(r.get('restored_quality'), '.3f')} "
                       f"{r['seconds']:.0f} s", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"argv": sys.argv if argv is None else argv, "quick": args.quick, "rows": rows},
-                              indent=1))
+                out.write_text(json.dumps({"argv": sys.argv if argv is None else argv, "quick": args.quick,
+                                           "rows": rows}, indent=1))  # after every run: a long run keeps its rows
     print(f"wrote {out}")
     return 0
 
