@@ -18,12 +18,15 @@ TINY = ["train.steps=40", "monitor.every_n_steps=20", "data.n_train=12", "data.n
 
 
 def test_the_recipe_writes_its_per_check_truth_and_pictures(tmp_path, capsys):
-    assert memorize.main([f"out_dir={tmp_path}", *TINY]) == 0
-    for name in ("report.md", "report.html", "baseline_timeline.png", "baseline_caught.png", "plots/samples.png"):
+    """The duplicated variant with a remedied run beside the baseline: both runs' tables and pictures."""
+    assert memorize.main([f"out_dir={tmp_path}", *TINY, "data.duplicates=2", "remedies.reweight=true"]) == 0
+    for name in ("report.md", "report.html", "baseline_timeline.png", "baseline_caught.png", "remedied_caught.png",
+                 "plots/samples.png"):
         assert (tmp_path / name).stat().st_size > 0, name
     md = (tmp_path / "report.md").read_text()
     assert "## Caught in the act: baseline" in md and "![Caught in the act: baseline](baseline_timeline.png)" in md
-    assert "## Labelled and copied digits: baseline" in md
+    assert "## Labelled and copied digits: baseline" in md and "## Caught in the act: remedied" in md
+    assert "18 points of shape (1, 16, 16)" in md  # 12 digits and 3 more rows for each of 2 duplicated ones
     assert md.count("| 20 |") >= 1 and md.count("| 40 |") >= 1  # one row per check
     out = capsys.readouterr().out
     assert "baseline: step    20" in out and "labelled at or before their first copy" in out
