@@ -50,7 +50,8 @@ def test_the_guarded_loop_trains_in_bf16_with_ema_checkpoints_resumes_and_report
     assert all(r[f"lid@step{s}"] not in ("", "nan") for r in rows for s in (3, 6))
     for name in ("report.md", "plots/samples.png", "unet/config.json", "checkpoint-3", "checkpoint-6"):
         assert (out / name).exists(), name
-    assert "LID" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "LID" in md and "[mmh_audit.csv](mmh_audit.csv)" in md  # the guard's audit, linked from its report
 
     resumed = tmp_path / "resumed"  # a run that died after checkpoint-3 and is started again
     resumed.mkdir()
