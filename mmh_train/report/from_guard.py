@@ -145,7 +145,7 @@ def write_guard_report(out_dir: str | os.PathLike, guard: Any, *, sampler: Calla
                        train_data: Tensor | Sequence[Any], heldout_data: Tensor | Sequence[Any] | None = None,
                        n_samples: int = 256, name: str = "model", seconds: float = 0.0,
                        config: dict[str, Any] | None = None, audit_csv: str | None = None,
-                       recipe: str = "plain loop") -> Path:
+                       recipe: str | None = None) -> Path:
     """Writes ``report.md`` (with ``report.html``, plots and ``summary.txt``) for a guarded run; returns its path.
 
     Args:
@@ -156,7 +156,8 @@ def write_guard_report(out_dir: str | os.PathLike, guard: Any, *, sampler: Calla
         train_data, heldout_data: the points the monitor watches (tensors or datasets, read like the monitor
             reads them); the held-out ones are the copy test's control.
         n_samples: how many samples to ask ``sampler`` for.
-        name, seconds, config, audit_csv, recipe: how the report names and describes the run.
+        name, seconds, config, audit_csv, recipe: how the report names and describes the run (``recipe``
+            defaults to the script's name, e.g. ``train_unconditional``, or "plain loop").
     """
     monitor = getattr(guard, "monitor", guard)
     if monitor is None or not monitor.history:
@@ -180,13 +181,19 @@ def write_guard_report(out_dir: str | os.PathLike, guard: Any, *, sampler: Calla
                                    restored_step=restored)
     kind = "vectors" if train_x.dim() == 2 else "images"
     duplicated = monitor.survey.groups.duplicated if monitor.survey is not None else None
-    record = RunRecord(recipe=recipe, kind=kind, config=dict(config or {}), train_x=train_x,
+    record = RunRecord(recipe=recipe or _script_name(), kind=kind, config=dict(config or {}), train_x=train_x,
                        heldout_x=heldout_x if heldout_x is not None else train_x[:0], variants=[variant],
                        duplicated=duplicated if duplicated is not None and bool(duplicated.any()) else None,
                        machine=_machine(), command=" ".join(["python", *sys.argv]), audit_csv=audit_csv)
     path = write_report(out_dir, record)
     print(summary_text(record))
     return path
+
+
+def _script_name() -> str:
+    """The running script's name (``train_unconditional`` for ``python train_unconditional.py``), else "plain loop"."""
+    stem = Path(sys.argv[0]).stem if sys.argv and sys.argv[0].endswith(".py") else ""
+    return stem if stem and stem not in ("__main__", "ipykernel_launcher") else "plain loop"
 
 
 def _machine() -> str:

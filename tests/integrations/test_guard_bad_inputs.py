@@ -140,3 +140,11 @@ def test_a_bare_diffusers_network_is_refused_with_the_wrapper_named():
         guard.maybe_check(unet, 1)
     with pytest.raises(TypeError, match="expected a denoiser"):
         mmh_train.flipd(42, images[:2], 0.5)
+
+
+def test_a_report_is_named_after_the_script_that_wrote_it(tmp_path, denoiser, monkeypatch):
+    guard = MemorizationGuard(monitor())
+    guard.maybe_check(denoiser, 1)
+    monkeypatch.setattr("sys.argv", ["/home/me/train_unconditional.py", "--output_dir", "x"])
+    guard.write_report(tmp_path, train_data=X, heldout_data=H, n_samples=8)
+    assert (tmp_path / "report.md").read_text().startswith("# Memorization report — train_unconditional")
