@@ -33,6 +33,7 @@ import mmh_train
 from common import (MonitorConfig, RemedyConfig, TrainConfig, exit_after, monitor_options, result_from_monitor,
                     start_run, validate, write_run_report)
 from mmh_train.config import ConfigError, load_config
+from mmh_train.integrations.checkpoints import save_state_atomic
 from mmh_train.io import write_text_atomic
 from mmh_train.remedies import AdaptiveDuplicateWeights, find_duplicate_groups
 from mmh_train.sampling import sample
@@ -195,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 accelerator.print(f"step {progress.step}: " + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items())
                                   + f", lid_unconditional {plain.result().metrics['lid_train']:.3f}")
         if progress.step % cfg.train.checkpoint_every == 0:
-            accelerator.save_state(str(run_dir / "checkpoints" / f"step_{progress.step}"))
+            save_state_atomic(accelerator, run_dir / "checkpoints" / f"step_{progress.step}")
     accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------ report

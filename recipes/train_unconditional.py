@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 import mmh_train  # mmh_train
 from mmh_train.data import load_digits, load_image_folder
+from mmh_train.integrations.checkpoints import latest_checkpoint, save_state_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,13 +89,12 @@ def load_images(args: argparse.Namespace) -> torch.Tensor:
     return images[: args.max_train_samples] if args.max_train_samples else images
 
 
-def latest_checkpoint(output_dir: str) -> str | None:
-    found = sorted(Path(output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return str(found[-1]) if found else None
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.resume_from_checkpoint not in (None, "latest") and not Path(args.resume_from_checkpoint).is_dir():
+        print(f"error: --resume_from_checkpoint {args.resume_from_checkpoint} is not a checkpoint folder; pass one "
+              f"written by this script (<output_dir>/checkpoint-N) or 'latest'.", file=sys.stderr)
+        return 2
     accelerator = Accelerator(gradient_accumulation_steps=args.gradient_accumulation_steps,
                               mixed_precision=args.mixed_precision, cpu=not torch.cuda.is_available())
     set_seed(args.seed)
@@ -128,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
 
     global_step, first_epoch, resume_step = 0, 0, 0
     if args.resume_from_checkpoint:
-        path = latest_checkpoint(args.output_dir) if args.resume_from_checkpoint == "latest" else args.resume_from_checkpoint
-        if path is None or not Path(path).is_dir():
-            accelerator.print(f"checkpoint {args.resume_from_checkpoint!r} not found; starting a new run.")
+        path = (latest_checkpoint(args.output_dir, "checkpoint-") if args.resume_from_checkpoint == "latest"
+                else args.resume_from_checkpoint)
+        if path is None:
+            accelerator.print(f"no complete checkpoint in {args.output_dir} yet; starting a new run.")
         else:
             accelerator.load_state(path)
             global_step = int(Path(path).name.split("-")[1])
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 global_step += 1
                 guard.maybe_check(mmh_train.diffusers_denoiser(mmh_train.raw_network(model), noise_scheduler), global_step)  # mmh_train
                 if global_step % args.checkpointing_steps == 0:
-                    accelerator.save_state(os.path.join(args.output_dir, f"checkpoint-{global_step}"))
+                    save_state_atomic(accelerator, os.path.join(args.output_dir, f"checkpoint-{global_step}"))
         accelerator.wait_for_everyone()
         if accelerator.is_main_process and (epoch % args.save_model_epochs == 0 or epoch == args.num_epochs - 1):
             unet = accelerator.unwrap_model(model)
