@@ -212,8 +212,17 @@ class MemorizationGuard:
             if self.should_stop and self.restore_on_stop and self.restored_step is None:
                 self.restore_best()
         if self.audit_path is not None:
-            self.write_audit(self.audit_path)
+            self._write_audit_during_training()
         return result
+
+    def _write_audit_during_training(self) -> None:
+        """A failed audit write (a full disk) warns and is retried at the next check: losing a training run to a
+        report file is the wrong trade. The final write (``final_check``, ``write_audit``) fails loudly."""
+        try:
+            self.write_audit(self.audit_path)
+        except OSError as error:
+            warnings.warn(f"could not write the audit table to {self.audit_path} ({type(error).__name__}: {error}); "
+                          f"training goes on and the next check writes it again.", RuntimeWarning, stacklevel=3)
 
     def restore_best(self, denoiser: Any | None = None) -> int | None:
         """Loads the best check's weights into the networks (and the EMA) once training has stopped.

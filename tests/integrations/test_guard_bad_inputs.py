@@ -148,3 +148,13 @@ def test_a_report_is_named_after_the_script_that_wrote_it(tmp_path, denoiser, mo
     monkeypatch.setattr("sys.argv", ["/home/me/train_unconditional.py", "--output_dir", "x"])
     guard.write_report(tmp_path, train_data=X, heldout_data=H, n_samples=8)
     assert (tmp_path / "report.md").read_text().startswith("# Memorization report — train_unconditional")
+
+
+def test_an_audit_write_that_fails_during_training_warns_and_training_goes_on(tmp_path, denoiser, monkeypatch):
+    blocked = tmp_path / "audit.csv"
+    blocked.mkdir()  # a folder where the file should go: every write fails with an OSError
+    guard = MemorizationGuard(monitor(), audit_path=blocked)
+    with pytest.warns(RuntimeWarning, match="could not write the audit table .* training goes on"):
+        assert guard.maybe_check(denoiser, 1) is not None
+    with pytest.raises(OSError):  # a write the user asks for fails loudly
+        guard.write_audit(blocked)
