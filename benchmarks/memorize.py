@@ -109,12 +109,12 @@ def markdown_tables(paths: list[str]) -> str:
     for r in rows:
         restored = (f"{fmt(r.get('restored_excess'), '+.1%')} / {fmt(r.get('restored_quality'), '.2f')}"
                     if "restored" in r else "—")
-        out.append(f"| {r['scenario']} | {r.get('n_train', 24)} | {r['variant']} | {r['seed']} | {r['copied']}/{r['n']} | "
+        out.append(f"| {r['scenario']} | {r['n']} | {r['variant']} | {r['seed']} | {r['copied']}/{r['n']} | "
                    f"{fmt(r['lead'], '.0%')} | {fmt(r['false'], '.0%')} | {r['end_excess']:+.1%} / "
                    f"{r['end_quality']:.2f} | {r.get('stopped_at', '—')} → {r.get('restored', '—')} | {restored} | "
                    f"{fmt(r.get('copier_quality'), '.2f')} | {r['seconds']:.0f} |")
     for r in rows:
-        out += ["", f"{r['scenario']}, N = {r.get('n_train', 24)}, {r['variant']}, seed {r['seed']}:", "",
+        out += ["", f"{r['scenario']}, N = {r['n']}, {r['variant']}, seed {r['seed']}:", "",
                 "| step | LID train | LID held-out | labelled (OD/DD) | memorized | copies | control | AUROC | quality |",
                 "|---|---|---|---|---|---|---|---|---|"]
         for c in r["checks"]:

@@ -177,7 +177,7 @@ def plot_timeline(run: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     steps = [e.step for e in run.evidence]
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.8), sharex=True)
     top.plot(steps, [e.lid_train for e in run.evidence], "o-", color="tab:red", label="training probes (median)")
     top.plot(steps, [e.lid_heldout for e in run.evidence], "o-", color="grey", label="held-out probes (median)")
     top.set_ylabel("LID_θ at the primary σ")
@@ -194,7 +194,7 @@ def plot_timeline(run: Any, path: Path) -> None:
     if run.stopped is not None:
         bottom.plot([], [], "--", color="tab:blue", label="early stopping fired")
         bottom.plot([], [], ":", color="tab:blue", label="the check it restores")
-    bottom.legend(loc="best")
+    bottom.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8)  # below: hides no point
     fig.suptitle(f"{run.name}: LID_θ, labels and copies over training")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
