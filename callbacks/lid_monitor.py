@@ -41,6 +41,13 @@ class LIDMonitor(Callback):
         Under DDP the probes are split over ranks by batch and gathered: every rank must reach the same
         checks, and every rank holds the same table. A check is side-effect free: training with and
         without this callback gives bitwise-identical weights on CPU.
+
+    .. note::
+        One LIDMonitor per Trainer: the module's guard holds one monitor, and a second is refused at ``setup``,
+        before any work, with the fix named (several noise levels go to one monitor as ``sigma=[...]``). The
+        monitor's state sits in the checkpoint where a stateful callback's does (``checkpoint["callbacks"]
+        [state_key]``) but is written from ``on_save_checkpoint``, so that Lightning's own check of duplicate
+        state keys (raised in ``Trainer(...)`` with no fix named) leaves the refusal to this callback.
     """
 
     def __init__(self, train_data: Tensor | Sequence[Any], heldout_data: Tensor | Sequence[Any] | None = None, *,
@@ -68,6 +75,12 @@ class LIDMonitor(Callback):
 
     @override
     def setup(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule", stage: str) -> None:
+        monitors = [cb for cb in trainer.callbacks if isinstance(cb, LIDMonitor)]
+        if len(monitors) > 1:
+            raise ValueError(f"this Trainer has {len(monitors)} LIDMonitor callbacks; use one LIDMonitor per Trainer "
+                             f"(the module's guard holds one monitor, which the remedies and early stopping read). "
+                             f"To watch several noise levels pass sigma=[s1, s2, ...] to one LIDMonitor; to watch "
+                             f"more points raise its n_train_probes / n_heldout_probes.")
         if self.denoiser_fn is None and not callable(getattr(pl_module, "denoiser", None)):
             raise TypeError(f"LIDMonitor needs the model as a denoiser: define `def denoiser(self)` on "
                             f"{type(pl_module).__name__} returning e.g. mmh_train.diffusers_denoiser(self.unet, "
@@ -124,12 +137,20 @@ class LIDMonitor(Callback):
         self._check(trainer, pl_module, epoch_end=True)
 
     @override
-    def state_dict(self) -> dict[str, Any]:
-        return self.monitor.state_dict()
+    def on_save_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                           checkpoint: dict[str, Any]) -> None:
+        checkpoint.setdefault("callbacks", {})[self.state_key] = self.monitor.state_dict()
 
     @override
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+    def on_load_checkpoint(self, trainer: "pl.Trainer", pl_module: "pl.LightningModule",
+                           checkpoint: dict[str, Any]) -> None:
+        state = (checkpoint.get("callbacks") or {}).get(self.state_key)
+        if state:
+            self.load_monitor_state(state)
+
+    def load_monitor_state(self, state: dict[str, Any]) -> None:
+        """Loads a monitor state (what the checkpoint holds under :attr:`state_key`)."""
         if self.guard is None:  # loaded outside a fit: the monitor alone
-            self.monitor.load_state_dict(state_dict)
+            self.monitor.load_state_dict(state)
         else:
-            self.guard.load_part_state("monitor", state_dict)
+            self.guard.load_part_state("monitor", state)

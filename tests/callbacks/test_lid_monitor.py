@@ -48,11 +48,36 @@ def test_monitor_on_vs_off_gives_bitwise_identical_weights(tmp_path):
         assert torch.equal(a, b), name
 
 
-def test_two_monitors_with_the_same_state_key_are_refused(tmp_path):
+@pytest.mark.parametrize("second", ["same", "other", "itself"])
+def test_a_second_monitor_is_refused_before_any_step_with_the_fix_named(tmp_path, second):
+    """Same options (Lightning's duplicate state key), other options, or one instance twice: one message."""
     sample = toy_data(32)
-    callbacks = [LIDMonitor(sample.x, sigma=0.1, audit_path=False), LIDMonitor(sample.x, sigma=0.1, audit_path=False)]
-    with pytest.raises(RuntimeError, match="state_key` must be unique"):  # Lightning checks state_key for us
-        run(tmp_path, 32, 2, callbacks)
+    first = LIDMonitor(sample.x, sigma=0.1, audit_path=False)
+    other = {"same": lambda: LIDMonitor(sample.x, sigma=0.1, audit_path=False), "itself": lambda: first,
+             "other": lambda: LIDMonitor(sample.x, sigma=0.2, seed=1, audit_path=False)}[second]()
+    model = ToyDiffusion()
+    t = trainer(tmp_path, 2, [first, other])  # Lightning's own state-key check does not fire in Trainer(...)
+    with pytest.raises(ValueError, match=r"2 LIDMonitor callbacks; use one LIDMonitor per Trainer.*sigma=\[s1, s2"):
+        t.fit(model, loader(sample))
+    assert t.global_step == 0 and first.guard is None
+
+
+def test_the_monitor_state_round_trips_through_a_real_checkpoint_under_its_state_key(tmp_path):
+    sample = toy_data(32)
+    monitor = LIDMonitor(sample.x, n_train_probes=8, sigma=0.1, every_n_steps=2, audit_path=False,
+                         estimator_options={"n_probes": 1})
+    t = trainer(tmp_path, 4, [monitor])
+    t.fit(ToyDiffusion(), loader(sample))
+    t.save_checkpoint(tmp_path / "a.ckpt")
+    stored = torch.load(tmp_path / "a.ckpt", weights_only=False)["callbacks"][monitor.state_key]
+    assert stored["steps"] == [2, 4]
+    fresh = LIDMonitor(sample.x, n_train_probes=8, sigma=0.1, every_n_steps=2, audit_path=False,
+                       estimator_options={"n_probes": 1})
+    trainer(tmp_path, 4, [fresh]).fit(ToyDiffusion(), loader(sample), ckpt_path=tmp_path / "a.ckpt")
+    assert fresh.monitor.steps == [2, 4]
+    torch.testing.assert_close(fresh.monitor.history_tensor(), monitor.monitor.history_tensor(), equal_nan=True)
+    t.save_checkpoint(tmp_path / "w.ckpt", weights_only=True)  # weights only: no callback state written
+    assert "callbacks" not in torch.load(tmp_path / "w.ckpt", weights_only=False)
 
 
 def test_module_without_denoiser_is_refused(tmp_path):

@@ -165,7 +165,7 @@ def test_lightning_callbacks_configure_one_guard_per_module(tmp_path):
     assert guard.schedule is callbacks[1].schedule and guard.weights is callbacks[2].adaptive
     assert guard.monitor.steps == [5, 10] and len(guard.schedule.point_target) == len(sample.x)
     assert guard.penalty_sigma == guard.monitor.sigmas[0] and not math.isnan(guard.penalty_sigma)
-    with pytest.raises(ValueError, match="already has a monitor"):  # two monitors on one module
+    with pytest.raises(ValueError, match="use one LIDMonitor per Trainer"):  # two monitors on one module
         twice = [LIDMonitor(sample.x, sigma=0.1, audit_path=False, seed=1), LIDMonitor(sample.x, sigma=0.2, audit_path=False)]
         trainer(tmp_path / "b", 2, twice).fit(Mixed(), loader(sample))
 
