@@ -20,6 +20,7 @@ from torch import Tensor
 from mmh_train.config import ConfigError
 from mmh_train.data import CaptionedImages, captioned_digits, load_captioned_folder
 from mmh_train.memorization import LABEL_NAMES
+from mmh_train.remedies import find_duplicate_groups
 from mmh_train.report import ReportTable
 from mmh_train.t2i import T2IModel, load_pretrained, tiny_pipeline
 from mmh_train.t2i.tiny import TINY_IMAGE_SIZE
@@ -104,7 +105,22 @@ def load_data(cfg: Any) -> tuple[CaptionedImages, CaptionedImages]:
         raise ConfigError(f"data.folder={d.folder} has {len(data)} captioned image(s): {n_held} held out (at least 2, "
                           f"the verdicts' null) leave {len(data) - n_held} for training. Add images (at least 4).")
     order = torch.randperm(len(data), generator=generator)
-    return data.select(order[n_held:].sort().values), data.select(order[:n_held].sort().values)
+    train = data.select(order[n_held:].sort().values)
+    _refuse_copies_of_one_image(cfg, train)
+    return train, data.select(order[:n_held].sort().values)
+
+
+def _refuse_copies_of_one_image(cfg: Any, train: CaptionedImages) -> None:
+    """A training set of copies of one image has no spacing (the distance between distinct images), from which
+    the monitor takes its noise levels, and nothing the report's copy test can tell a copy from."""
+    if find_duplicate_groups(train.images).n_groups >= 2:
+        return
+    why = (f"With monitor.sigma={cfg.monitor.sigma} the noise level is set" if cfg.monitor.sigma is not None else
+           "The monitor chooses its noise level (monitor.sigma, unset) from the spacing between distinct training "
+           "images, and there is none; passing monitor.sigma sets it")
+    raise ConfigError(f"data.folder={cfg.data.folder}: all {len(train)} training images are copies of one image. "
+                      f"{why}, but the report's copy test needs at least 2 distinct training images as well. Add "
+                      f"images that differ from it.")
 
 
 def pick_model(cfg: Any, image_size: int) -> T2IModel:

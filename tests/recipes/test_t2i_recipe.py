@@ -70,13 +70,13 @@ def test_two_processes_under_accelerate_launch(tmp_path):
     assert (tmp_path / "report.md").is_file() and len((tmp_path / "model" / "mmh_audit.csv").read_text().splitlines()) == 33
 
 
-def _folder(root, sizes=((16, 16), (16, 16), (16, 16), (16, 16), (16, 16)), metadata=True, extra=()):
+def _folder(root, sizes=((16, 16), (16, 16), (16, 16), (16, 16), (16, 16)), metadata=True, extra=(), same=False):
     from PIL import Image
 
     root.mkdir()
     names = []
     for i, (w, h) in enumerate(sizes):
-        Image.fromarray(np.full((h, w, 3), 40 * i, dtype=np.uint8)).save(root / f"{i}.png")
+        Image.fromarray(np.full((h, w, 3), 90 if same else 40 * i, dtype=np.uint8)).save(root / f"{i}.png")
         names.append(f"{i}.png")
     if metadata:
         lines = [json.dumps({"file_name": n, "text": f"image {n}"}) for n in [*names, *extra]]
@@ -90,6 +90,10 @@ def _folder(root, sizes=((16, 16), (16, 16), (16, 16), (16, 16), (16, 16)), meta
     ("missing_image", "names 1 image(s) that are not in the folder (first: lost.png)"),
     ("not_a_pipeline", "is not a text-to-image pipeline folder: it has no model_index.json"),
     ("two_models", "choose one model"),
+    ("identical", "all 3 training images are copies of one image. The monitor chooses its noise level (monitor.sigma, "
+                  "unset) from the spacing between distinct training images, and there is none"),
+    ("identical_sigma", "With monitor.sigma=0.5 the noise level is set, but the report's copy test needs at least 2 "
+                        "distinct training images"),
 ])
 def test_bad_input_fails_before_anything_is_written(tmp_path, capsys, case, message):
     args = {"no_captions": lambda: [f"data.folder={_folder(tmp_path / 'f', metadata=False)}", "model.tiny=true"],
@@ -97,7 +101,10 @@ def test_bad_input_fails_before_anything_is_written(tmp_path, capsys, case, mess
                                     "model.tiny=true"],
             "missing_image": lambda: [f"data.folder={_folder(tmp_path / 'f', extra=('lost.png',))}", "model.tiny=true"],
             "not_a_pipeline": lambda: [f"model.pretrained={tmp_path}"],
-            "two_models": lambda: ["model.tiny=true", f"model.pretrained={tmp_path}"]}[case]()
+            "two_models": lambda: ["model.tiny=true", f"model.pretrained={tmp_path}"],
+            "identical": lambda: [f"data.folder={_folder(tmp_path / 'f', same=True)}", "model.tiny=true"],
+            "identical_sigma": lambda: [f"data.folder={_folder(tmp_path / 'f', same=True)}", "model.tiny=true",
+                                        "monitor.sigma=0.5"]}[case]()
     assert t2i_lora.main([f"out_dir={tmp_path / 'run'}", "train.steps=2", "monitor.every_n_steps=2", *args]) == 2
     err = capsys.readouterr().err
     assert message in err, err
