@@ -124,12 +124,19 @@ def _refuse_copies_of_one_image(cfg: Any, train: CaptionedImages) -> None:
 
 
 def pick_model(cfg: Any, image_size: int) -> T2IModel:
-    """The tiny or the local pretrained pipeline; refuses an image size its autoencoder or network cannot take."""
+    """The tiny or the local pretrained pipeline; refuses a LoRA rank above what its layers can use and an image size
+    its autoencoder or network cannot take."""
     try:
         model = (tiny_pipeline(cfg.model.tiny_family, seed=cfg.train.seed) if cfg.model.tiny
                  else load_pretrained(cfg.model.pretrained))
     except (OSError, ValueError) as error:
         raise ConfigError(str(error)) from None
+    rank, limit = cfg.model.lora_rank, model.max_lora_rank()
+    if rank > limit:
+        raise ConfigError(f"model.lora_rank={rank} exceeds what the layers the LoRA adapts can use: the update of a "
+                          f"layer with in → out features has rank at most min(in, out), {limit} for the widest of "
+                          f"this network's {len(model.lora_layers())} attention projections. Pass model.lora_rank "
+                          f"≤ {limit} (LoRAs commonly use 4 to 64).")
     factor = 2 ** (len(model.vae.config.block_out_channels) - 1)
     if image_size % factor:
         raise ConfigError(f"images of {image_size} px do not fit this autoencoder, which downsamples by {factor}: "

@@ -154,11 +154,29 @@ class T2IModel:
             if any(p.dtype != dtype for p in module.parameters()):  # diffusers logs a warning at every cast
                 module.to(dtype)
 
+    def lora_layers(self) -> dict[str, nn.Linear]:
+        """The layers :meth:`add_lora` adapts (peft's match of :data:`LORA_TARGETS`: a name or its suffix), by name."""
+        return {name: m for name, m in self.network.named_modules() if isinstance(m, nn.Linear)
+                and any(name == t or name.endswith("." + t) for t in LORA_TARGETS)}
+
+    def max_lora_rank(self) -> int:
+        """The largest LoRA rank any adapted layer can use: the update B·A of a layer with ``in → out`` features has
+        rank at most min(in, out), so a larger rank only adds parameters (and memory) that learn nothing more."""
+        layers = self.lora_layers()
+        if not layers:
+            raise ValueError(f"the network has no linear layer named {LORA_TARGETS} (or ending so) to adapt.")
+        return max(min(m.in_features, m.out_features) for m in layers.values())
+
     def add_lora(self, rank: int, alpha: float | None = None) -> list[nn.Parameter]:
-        """Adds a peft LoRA adapter (rank ``rank``) to the attention projections of the network and returns its
-        parameters, the only trainable ones, in float32 whatever the frozen weights' dtype."""
+        """Adds a peft LoRA adapter (rank ``rank``, 1 to :meth:`max_lora_rank`) to the attention projections of the
+        network and returns its parameters, the only trainable ones, in float32 whatever the frozen weights' dtype."""
         from peft import LoraConfig
 
+        limit = self.max_lora_rank()
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= limit:
+            raise ValueError(f"rank={rank!r} must be an integer from 1 to {limit}: a LoRA update of a layer with "
+                             f"in → out features has rank at most min(in, out), and the widest layer adapted here "
+                             f"allows {limit}.")
         self.network.add_adapter(LoraConfig(r=rank, lora_alpha=alpha or rank, init_lora_weights="gaussian",
                                             target_modules=LORA_TARGETS))
         params = [p for p in self.network.parameters() if p.requires_grad]

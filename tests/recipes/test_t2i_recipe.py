@@ -90,6 +90,8 @@ def _folder(root, sizes=((16, 16), (16, 16), (16, 16), (16, 16), (16, 16)), meta
     ("missing_image", "names 1 image(s) that are not in the folder (first: lost.png)"),
     ("not_a_pipeline", "is not a text-to-image pipeline folder: it has no model_index.json"),
     ("two_models", "choose one model"),
+    ("lora_rank", "model.lora_rank=100000 exceeds what the layers the LoRA adapts can use: the update of a layer with "
+                  "in → out features has rank at most min(in, out), 32 for the widest"),
     ("identical", "all 3 training images are copies of one image. The monitor chooses its noise level (monitor.sigma, "
                   "unset) from the spacing between distinct training images, and there is none"),
     ("identical_sigma", "With monitor.sigma=0.5 the noise level is set, but the report's copy test needs at least 2 "
@@ -102,6 +104,7 @@ def test_bad_input_fails_before_anything_is_written(tmp_path, capsys, case, mess
             "missing_image": lambda: [f"data.folder={_folder(tmp_path / 'f', extra=('lost.png',))}", "model.tiny=true"],
             "not_a_pipeline": lambda: [f"model.pretrained={tmp_path}"],
             "two_models": lambda: ["model.tiny=true", f"model.pretrained={tmp_path}"],
+            "lora_rank": lambda: ["model.tiny=true", "model.lora_rank=100000"],
             "identical": lambda: [f"data.folder={_folder(tmp_path / 'f', same=True)}", "model.tiny=true"],
             "identical_sigma": lambda: [f"data.folder={_folder(tmp_path / 'f', same=True)}", "model.tiny=true",
                                         "monitor.sigma=0.5"]}[case]()

@@ -198,3 +198,19 @@ def test_latents_and_captions_are_deterministic_and_leave_modes_and_the_global_r
     assert model.decode_latents(z1).shape == (3, 3, 16, 16)
     assert [m.training for m in (*vae.modules(), *text_encoder.modules())] == modes
     assert torch.equal(torch.get_rng_state(), state)
+
+
+@pytest.mark.parametrize("family", ["unet", "sd3"])
+def test_a_lora_rank_no_adapted_layer_can_use_is_refused_before_any_adapter_is_made(family):
+    """The limit is min(in, out) of the widest layer peft adapts: exactly the layers lora_layers() names."""
+    model = tiny_pipeline(family)
+    layers, limit = model.lora_layers(), model.max_lora_rank()
+    assert limit == max(min(m.in_features, m.out_features) for m in layers.values()) == 32
+    for rank in (limit + 1, 100000, 0, 2.5):
+        with pytest.raises(ValueError, match=f"must be an integer from 1 to {limit}: a LoRA update"):
+            model.add_lora(rank)
+    assert not any(p.requires_grad is False for p in model.network.parameters())  # nothing was adapted or frozen
+    model.add_lora(limit)
+    adapted = {name.removesuffix(".base_layer") for name, m in model.network.named_modules()
+               if hasattr(m, "lora_A") and len(m.lora_A)}
+    assert adapted == set(layers)
