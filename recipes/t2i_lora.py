@@ -202,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------ report
     if not accelerator.is_main_process:
         return 0
+    if conditional.history:  # the final audit, also when a resume had nothing left to train (no check since)
+        write_text_atomic(run_dir / "model" / "mmh_audit.csv", per_image_csv(train, conditional, plain, groups))
     den = denoiser()
     rows = torch.arange(cfg.train.n_samples) % len(z_train)  # one sample per training caption, cycled
     with torch.autocast(accelerator.device.type, dtype=weight_dtype, enabled=weight_dtype != torch.float32):

@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
             DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(args.output_dir)
             if args.use_ema:
                 ema_model.restore(unet.parameters())
-    guard.write_report(args.output_dir, train_data=dataset, heldout_data=heldout)  # mmh_train
+    guard.write_report(args.output_dir, train_data=dataset, heldout_data=heldout, denoiser=mmh_train.diffusers_denoiser(mmh_train.raw_network(model), noise_scheduler))  # mmh_train
     accelerator.end_training()
     return 0
 

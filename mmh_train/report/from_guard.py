@@ -175,6 +175,8 @@ def write_guard_report(out_dir: str | os.PathLike, guard: Any, *, sampler: Calla
                          f"training points; got {got}. Decode latents to the data's space first.")
     notes = guard_notes(guard) if monitor is not guard else {}
     if audit_csv is None and getattr(guard, "audit_path", None) is not None:  # the audit the guard keeps writing
+        if getattr(guard, "last_result", None) is not None:  # written again (a resume with no check since, or a
+            guard.write_audit(guard.audit_path)                # write that failed during training): fails loudly
         audit_csv = os.path.relpath(Path(guard.audit_path).resolve(), Path(out_dir).resolve())
     restored = getattr(guard, "restored_step", None)
     variant = variant_from_monitor(name, monitor, samples, train_x, heldout_x, notes=notes, seconds=seconds,

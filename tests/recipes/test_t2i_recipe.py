@@ -60,6 +60,12 @@ def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(first_run,
     assert audit == (first_run / "model" / "mmh_audit.csv").read_text()
 
 
+def test_resumed_from_the_last_checkpoint_the_run_still_ends_with_its_report_and_audit(first_run, tmp_path):
+    assert t2i_lora.main([f"out_dir={tmp_path}", *TINY, f"train.resume={first_run / 'checkpoints' / 'step_8'}"]) == 0
+    assert (tmp_path / "report.md").stat().st_size > 0 and (tmp_path / "plots" / "samples.png").is_file()
+    assert (tmp_path / "model" / "mmh_audit.csv").read_text() == (first_run / "model" / "mmh_audit.csv").read_text()
+
+
 def test_two_processes_under_accelerate_launch(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",

@@ -62,3 +62,11 @@ def test_the_guarded_loop_trains_in_bf16_with_ema_checkpoints_resumes_and_report
     assert [r["lid@step3"] for r in again] == [r["lid@step3"] for r in rows]  # the guard's history came back
     assert "lid@step6" in again[0] and all(r["lid@step6"] not in ("", "nan") for r in again)
     assert torch.cuda.is_available() or AcceleratorState().mixed_precision == "bf16"
+
+    ended = tmp_path / "ended"  # died after its last checkpoint: resumed, nothing left to train, the report still
+    ended.mkdir()
+    shutil.copytree(out / "checkpoint-6", ended / "checkpoint-6")
+    AcceleratorState._reset_state(True)
+    assert train_unconditional.main(["--output_dir", str(ended), "--resume_from_checkpoint", "latest", *TINY]) == 0
+    assert (ended / "report.md").stat().st_size > 0 and (ended / "plots" / "samples.png").is_file()
+    assert [r["lid@step6"] for r in audit(ended / "mmh_audit.csv")] == [r["lid@step6"] for r in rows]
