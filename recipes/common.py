@@ -31,7 +31,7 @@ from mmh_train.config import ConfigError
 from mmh_train.models import NullLabelDefault
 from mmh_train.report import copy_control, guard_notes, variant_from_monitor
 from mmh_train.sampling import sample
-from resume import ResumeState, latest_version, resumed_logger
+from resume import ResumeState, check_checkpoint, latest_version, resumed_logger
 
 OBJECTIVES = ("ddpm", "rectified_flow")
 
@@ -46,7 +46,7 @@ class TrainConfig:
     objective: str = "ddpm"          # "ddpm" (ε-prediction, DDPMScheduler) or "rectified_flow"
     max_timestep: int = 1000         # DDPM: train on t < max_timestep (smaller fits small σ faster)
     checkpoint_every: int = 1000
-    resume: Optional[str] = None     # a checkpoint path of this run (needs remedies.compare=false)
+    resume: Optional[str] = None     # a checkpoint path of this run, or "latest" (toy); needs remedies.compare=false
     logger: str = "csv"              # "csv", "tensorboard" or "none"
     progress_bar: bool = True        # a line every tenth of training (Lightning's bar would draw one per epoch)
     n_samples: int = 1000            # generated after training, for copy rate and quality
@@ -125,20 +125,6 @@ def validate(train: TrainConfig, monitor: MonitorConfig, remedies: RemedyConfig)
         if remedies.compare and any_remedy(remedies):
             raise ConfigError("train.resume continues one model; set remedies.compare=false to resume.")
         check_checkpoint(train.resume)
-
-
-def check_checkpoint(path: str) -> None:
-    """A Lightning checkpoint of a run (weights, loops, callbacks), read once before any work."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # a truncated or foreign file: name it, not the unpickler's internals
-        raise ConfigError(f"train.resume={path} cannot be read as a checkpoint ({type(error).__name__}: "
-                          f"{str(error)[:120]}); it may be truncated (a run killed while saving). Pass an earlier "
-                          f"checkpoint of the run, e.g. <run>/<variant>/checkpoints/step=N.ckpt.") from None
-    missing = [key for key in ("state_dict", "loops", "callbacks") if not isinstance(state, dict) or key not in state]
-    if missing:
-        raise ConfigError(f"train.resume={path} is not a Lightning checkpoint of a recipe run (missing "
-                          f"{', '.join(missing)}); pass a .ckpt file from <run>/<variant>/checkpoints/.")
 
 
 def check_ranges(bounds: dict[str, tuple[Any, float]]) -> None:

@@ -11,9 +11,11 @@ Lightning restores the callbacks: after ``seed_everything``, before the first ba
 from __future__ import annotations
 
 import random
+import re
+import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,7 +23,10 @@ import torch
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 
-__all__ = ["ResumeState", "AppendingCSVLogger", "resumed_logger", "latest_version"]
+from mmh_train.config import ConfigError
+
+__all__ = ["ResumeState", "AppendingCSVLogger", "resumed_logger", "latest_version", "check_checkpoint",
+           "resolve_resume"]
 
 
 class ResumeState(pl.Callback):
@@ -97,3 +102,41 @@ def resumed_logger(run_dir: Path, resume: str | None) -> CSVLogger:
     if version is not None:
         return AppendingCSVLogger(run_dir, name="logs", version=version)
     return CSVLogger(run_dir, name="logs")
+
+
+def check_checkpoint(path: str) -> None:
+    """A Lightning checkpoint of a run (weights, loops, callbacks), read once before any work."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # a truncated or foreign file: name it, not the unpickler's internals
+        raise ConfigError(f"train.resume={path} cannot be read as a checkpoint ({type(error).__name__}: "
+                          f"{str(error)[:120]}); it may be truncated (a run killed while saving). Pass an earlier "
+                          f"checkpoint of the run, e.g. <run>/<variant>/checkpoints/step=N.ckpt.") from None
+    missing = [key for key in ("state_dict", "loops", "callbacks") if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise ConfigError(f"train.resume={path} is not a Lightning checkpoint of a recipe run (missing "
+                          f"{', '.join(missing)}); pass a .ckpt file from <run>/<variant>/checkpoints/.")
+
+
+def resolve_resume(resume: Optional[str], out_dir: str) -> Optional[str]:
+    """``train.resume`` as a path: ``"latest"`` is the newest readable ``<out_dir>/<variant>/checkpoints/*step=N.ckpt``
+    (None, a new run, when there is none yet); unreadable ones (a run killed while one was moved into place) are
+    skipped and named. Any other value is returned as it is."""
+    if resume != "latest":
+        return resume
+    found = [(int(m.group(1)), path) for path in Path(out_dir).glob("*/checkpoints/*.ckpt")
+             if (m := re.search(r"step=(\d+)", path.name))]
+    skipped = []
+    for _, path in sorted(found, reverse=True):
+        try:
+            check_checkpoint(str(path))
+        except ConfigError:
+            skipped.append(path.name)
+            continue
+        if skipped:
+            print(f"train.resume=latest: skipping unreadable checkpoint(s) {', '.join(skipped)} (a run killed while "
+                  f"saving); resuming from {path}.", file=sys.stderr)
+        return str(path)
+    print(f"train.resume=latest: no complete checkpoint in {out_dir} yet"
+          + (f" ({', '.join(skipped)} unreadable)" if skipped else "") + "; starting a new run.", file=sys.stderr)
+    return None

@@ -3,6 +3,7 @@
     python recipes/toy.py                                   # defaults: about 3 minutes on 2 CPU cores
     python recipes/toy.py config=recipes/configs/toy.yaml train.steps=2000 remedies.penalty=false
     accelerate launch --multi_gpu --num_processes 2 recipes/toy.py   # two processes (CPU: gloo)
+    python recipes/toy.py remedies.compare=false train.resume=latest  # after a crash: the newest complete checkpoint
 
 Reads top to bottom: config, data (Gaussian pieces of dimension 2, 4 and 8 in R^10, a small training set
 with injected duplicates), a small MLP diffusion model (DDPM ε-prediction through diffusers'
@@ -23,6 +24,7 @@ from common import (Diffusion, MonitorConfig, RemedyConfig, TrainConfig, check_r
 from mmh_train.config import ConfigError, load_config
 from mmh_train.data import ToyDataset, affine_mixture, inject_duplicates_in_sample
 from mmh_train.models import TimeMLP
+from resume import resolve_resume
 
 
 @dataclass
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     # ------------------------------------------------------------ config (fails before any work)
     try:
         cfg = load_config(ToyConfig, argv)
+        cfg.train.resume = resolve_resume(cfg.train.resume, cfg.out_dir)  # "latest": the newest complete checkpoint
         validate(cfg.train, cfg.monitor, cfg.remedies)
         if not cfg.data.dims or min(cfg.data.dims) < 1:
             raise ConfigError(f"data.dims={cfg.data.dims} must list piece dimensions ≥ 1, e.g. data.dims=[2,4,8].")
