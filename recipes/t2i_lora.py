@@ -18,6 +18,7 @@ images and a table of every image's LID(z | c), LID(z) and label.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import time
 from dataclasses import dataclass, field
@@ -35,6 +36,7 @@ from common import (MonitorConfig, RemedyConfig, TrainConfig, exit_after, monito
 from mmh_train.config import ConfigError, load_config
 from mmh_train.integrations.checkpoints import save_state_atomic
 from mmh_train.io import write_text_atomic
+from mmh_train.probes import derived_seed
 from mmh_train.remedies import AdaptiveDuplicateWeights, find_duplicate_groups
 from mmh_train.sampling import sample
 from t2i_parts import (Progress, checkpoint_only_what_trains, embed_captions, load_data, noisy_latents, per_image_csv,
@@ -133,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
     net = model.conditioned_network()
     optimizer = torch.optim.AdamW(lora, lr=cfg.train.lr)
+    order = torch.Generator()  # each pass's order comes from (seed, pass): a resume draws its pass's order again
     loader = DataLoader(TensorDataset(z_train, torch.arange(len(z_train))), batch_size=cfg.train.batch_size,
-                        shuffle=True)
+                        shuffle=True, generator=order)
     net, optimizer, loader = accelerator.prepare(net, optimizer, loader)
 
     def denoiser():  # the network without DDP and without accelerate's autocast wrapper; the estimator sets precision
@@ -168,9 +171,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
 
     # ------------------------------------------------------------ the loop
-    def batches():
+    def batches():  # resumed mid-pass: the same order, less the batches the checkpointed run had trained on
+        epoch, done = divmod(progress.step, len(loader))
         while True:
-            yield from loader
+            order.manual_seed(derived_seed(cfg.train.seed, epoch))
+            yield from itertools.islice(loader, done, None)  # latents, no augmentation: reading one draws nothing
+            epoch, done = epoch + 1, 0
 
     net.train()
     for z0, index in batches():

@@ -27,7 +27,7 @@ TINY = ["model.tiny=true", "train.steps=8", "monitor.every_n_steps=4", "train.ch
 @pytest.fixture(scope="module")
 def first_run(tmp_path_factory):
     run = tmp_path_factory.mktemp("t2i") / "a"
-    assert t2i_lora.main([f"out_dir={run}", *TINY]) == 0
+    assert t2i_lora.main([f"out_dir={run}", *TINY, "train.checkpoint_every=2"]) == 0  # 4 steps a pass: 2 is mid-pass
     return run
 
 
@@ -63,6 +63,17 @@ def test_resume_at_an_epoch_boundary_reproduces_the_uninterrupted_run(first_run,
 def test_resumed_from_the_last_checkpoint_the_run_still_ends_with_its_report_and_audit(first_run, tmp_path):
     assert t2i_lora.main([f"out_dir={tmp_path}", *TINY, f"train.resume={first_run / 'checkpoints' / 'step_8'}"]) == 0
     assert (tmp_path / "report.md").stat().st_size > 0 and (tmp_path / "plots" / "samples.png").is_file()
+    assert (tmp_path / "model" / "mmh_audit.csv").read_text() == (first_run / "model" / "mmh_audit.csv").read_text()
+
+
+def test_resume_mid_pass_reproduces_the_uninterrupted_run(first_run, tmp_path):
+    """Resumed from step 6, half-way through the second pass (4 steps a pass): the rest of that pass is drawn in the
+    interrupted run's order, so the LoRA at step 8 and both monitors' histories equal the uninterrupted run's."""
+    from safetensors.torch import load_file
+
+    assert t2i_lora.main([f"out_dir={tmp_path}", *TINY, f"train.resume={first_run / 'checkpoints' / 'step_6'}"]) == 0
+    whole, parts = (load_file(run / "checkpoints" / "step_8" / "model.safetensors") for run in (first_run, tmp_path))
+    assert whole.keys() == parts.keys() and all(torch.equal(whole[k], parts[k]) for k in whole)
     assert (tmp_path / "model" / "mmh_audit.csv").read_text() == (first_run / "model" / "mmh_audit.csv").read_text()
 
 
