@@ -5,9 +5,11 @@
     python recipes/train_unconditional.py --output_dir runs/uncond --resume_from_checkpoint latest
 
 The loop, its arguments and their meaning follow the diffusers example (EMA, gradient accumulation, mixed
-precision, ``accelerator.save_state`` checkpoints and resume, the pipeline saved at the end). What differs
-is what a machine without internet needs: images come from ``--train_data_dir`` (any folder of images) or,
-without it, from scikit-learn's digits; the UNet is small by default. Every line that mmh_train adds or
+precision, ``accelerator.save_state`` checkpoints and resume, the pipeline saved at the end). What differs:
+what a machine without internet needs (images from ``--train_data_dir``, any folder of images, or without it
+scikit-learn's digits; a small UNet by default), and an exact resume wherever the checkpoint falls (each
+epoch's order is drawn from the seed and the epoch, and a resume mid-epoch skips, unread, the batches its epoch
+had trained on; with ``--random_flip`` the remaining flips are drawn again, and the run says so). Every line that mmh_train adds or
 changes ends with ``# mmh_train`` (README.md shows them as a diff): monitor, labels, duplicate reweighting,
 early stopping with the best (EMA) weights restored, the audit CSV and the report.
 """
@@ -109,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                                   weight_decay=args.adam_weight_decay, eps=args.adam_epsilon)
     dataset = AugmentedImages(load_images(args), args.random_flip)
     dataset, heldout = torch.utils.data.random_split(dataset, [0.9, 0.1], torch.Generator().manual_seed(0))  # mmh_train
-    train_dataloader = torch.utils.data.DataLoader(mmh_train.data.IndexedDataset(dataset), batch_size=args.train_batch_size, shuffle=True)  # mmh_train
+    epoch_order = torch.Generator()  # each epoch's order from (seed, epoch): a resume mid-epoch continues that order
+    train_dataloader = torch.utils.data.DataLoader(mmh_train.data.IndexedDataset(dataset), batch_size=args.train_batch_size, shuffle=True, generator=epoch_order)  # mmh_train
     num_update_steps_per_epoch = math.ceil(len(train_dataloader) / args.gradient_accumulation_steps)
     lr_scheduler = get_scheduler(args.lr_scheduler, optimizer=optimizer, num_warmup_steps=args.lr_warmup_steps,
                                  num_training_steps=num_update_steps_per_epoch * args.num_epochs)
@@ -137,12 +140,18 @@ def main(argv: list[str] | None = None) -> int:
             global_step = int(Path(path).name.split("-")[1])
             first_epoch = global_step // num_update_steps_per_epoch
             resume_step = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
+            if resume_step and args.random_flip:
+                accelerator.print(f"resumed mid-epoch with --random_flip: the epoch goes on in the same order, but the "
+                                  f"flips of its remaining images are drawn again, so the weights will differ slightly "
+                                  f"from an uninterrupted run's (without --random_flip they are the same).")
 
     for epoch in range(first_epoch, args.num_epochs):
         model.train()
-        for step, batch in enumerate(guard.until_stopped(train_dataloader)):  # mmh_train
-            if args.resume_from_checkpoint and epoch == first_epoch and step < resume_step:
-                continue  # the batches the checkpointed run had already trained on
+        epoch_order.manual_seed(args.seed * 1_000_003 + epoch)
+        batches = train_dataloader
+        if epoch == first_epoch and resume_step:  # skip, unread, the batches the checkpointed run had trained on
+            batches = accelerator.skip_first_batches(train_dataloader, resume_step)
+        for batch in guard.until_stopped(batches):  # mmh_train
             clean_images = batch["input"]
             noise = torch.randn(clean_images.shape, device=clean_images.device)
             timesteps = torch.randint(0, noise_scheduler.config.num_train_timesteps, (clean_images.shape[0],),

@@ -92,12 +92,12 @@ def test_a_corrupt_checkpoint_is_refused_before_training(tmp_path, capsys):
 
 # ---------------------------------------------------------------- kill -9 while a checkpoint is written
 PORT_TINY = ["--max_train_samples", "48", "--resolution", "8", "--train_batch_size", "8", "--num_epochs", "2",
-             "--gradient_accumulation_steps", "2", "--use_ema", "--checkpointing_steps", "3"]
+             "--gradient_accumulation_steps", "2", "--use_ema", "--random_flip", "--checkpointing_steps", "2"]
 KILLED_WHILE_SAVING = """
 import os, signal, sys, torch
 real_save = torch.save
 def save(obj, f, *args, **kwargs):  # the first torch.save into the checkpoint being written: after the weights
-    if "checkpoint-6.partial" in str(f):
+    if "checkpoint-4.partial" in str(f):
         os.kill(os.getpid(), signal.SIGKILL)
     return real_save(obj, f, *args, **kwargs)
 torch.save = save
@@ -108,7 +108,8 @@ sys.exit(train_unconditional.main(sys.argv[2:]))
 
 
 @pytest.mark.filterwarnings("ignore:the verdicts compare each training probe")  # 5 held-out images, on purpose
-def test_killed_while_writing_a_checkpoint_the_port_resumes_from_the_latest_complete_one(tmp_path, monkeypatch):
+def test_killed_while_writing_a_checkpoint_the_port_resumes_from_the_latest_complete_one(tmp_path, monkeypatch,
+                                                                                          capsys):
     from accelerate.state import AcceleratorState
 
     out = tmp_path / "run"
@@ -116,8 +117,8 @@ def test_killed_while_writing_a_checkpoint_the_port_resumes_from_the_latest_comp
     proc = subprocess.run([sys.executable, "-c", KILLED_WHILE_SAVING, str(ROOT / "recipes"), *args], timeout=300,
                           env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True)
     assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
-    partial = out / f"checkpoint-6{PARTIAL_SUFFIX}"
-    assert (out / "checkpoint-3").is_dir() and not (out / "checkpoint-6").exists() and not (out / "report.md").exists()
+    partial = out / f"checkpoint-4{PARTIAL_SUFFIX}"
+    assert (out / "checkpoint-2").is_dir() and not (out / "checkpoint-4").exists() and not (out / "report.md").exists()
     assert (partial / "model.safetensors").is_file() and not (partial / "optimizer.bin").exists()  # killed halfway
 
     monkeypatch.syspath_prepend(str(ROOT / "recipes"))
@@ -125,11 +126,12 @@ def test_killed_while_writing_a_checkpoint_the_port_resumes_from_the_latest_comp
 
     AcceleratorState._reset_state(True)
     try:
-        with pytest.warns(RuntimeWarning, match=r"skipping incomplete checkpoint folder\(s\) checkpoint-6.partial"):
+        with pytest.warns(RuntimeWarning, match=r"skipping incomplete checkpoint folder\(s\) checkpoint-4.partial"):
             assert train_unconditional.main([*args, "--resume_from_checkpoint", "latest"]) == 0
     finally:
         AcceleratorState._reset_state(True)
-    assert (out / "checkpoint-6" / "optimizer.bin").is_file() and not partial.exists()  # written whole this time
+    assert (out / "checkpoint-4" / "optimizer.bin").is_file() and not partial.exists()  # written whole this time
+    assert "resumed mid-epoch with --random_flip" in capsys.readouterr().out  # checkpoint-2: 2 of 3 steps an epoch
     assert (out / "report.md").stat().st_size > 0
     assert "lid@step6" in (out / "mmh_audit.csv").read_text().splitlines()[0]
 
