@@ -62,6 +62,7 @@ class Scenario:
     heldout_labels: Optional[Tensor] = None
     num_classes: Optional[int] = None
     oracle: Any = None                      # the closed-form denoiser (model "oracle")
+    origin: Optional[Tensor] = None         # [N] the planted row each copy was made from (None: each row itself)
 
     @property
     def cell(self) -> str:
@@ -145,6 +146,7 @@ def make_scenario(data: str, model: str, family: str, seed: int, *, quick: bool 
         rows = torch.randperm(n, generator=g)[:n_planted]
         extra = _near_copies(scn.train, rows, COPIES, g)
         scn.train = torch.cat([scn.train, extra])
+        scn.origin = torch.cat([torch.arange(n), rows.repeat(2 * COPIES)])
         dd = torch.zeros(len(scn.train), dtype=torch.bool)
         dd[rows], dd[n:] = True, True
         scn.truth_dd, scn.truth_od = dd, torch.zeros(len(scn.train), dtype=torch.bool)
@@ -284,12 +286,18 @@ def sample_truth(scn: Scenario, fitted: Fitted, n_samples: int) -> dict[str, Any
         kwargs["class_labels"] = scn.labels[torch.randint(0, len(scn.labels), (n_samples,), generator=g)]
     samples = draw(den, shape, steps=18 if scn.model == "unet" else 32, sigma_min=0.02, sigma_max=80.0,
                                generator=g, **kwargs)
-    train, held = scn.train.flatten(1), scn.heldout.flatten(1)
+    # planted copies are judged as their original: a near copy's own ball (a quarter of its distance to the
+    # original) is too small to hold any sample, and it would hide the original's nearest-neighbour ratio
+    origin = scn.origin if scn.origin is not None else torch.arange(len(scn.train))
+    originals = torch.unique(origin)
+    train, held = scn.train[originals].flatten(1), scn.heldout.flatten(1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         truth = mmh_train.memorized_points(samples.flatten(1), train, held)
         copies = mmh_train.detect_copies(samples.flatten(1), train, control=held)
-    return {"memorized": truth.memorized, "copy_rate": copies.copy_rate, "control_copy_rate": copies.control_rate}
+    memorized = torch.zeros(len(scn.train), dtype=torch.bool)
+    memorized[originals] = truth.memorized
+    return {"memorized": memorized[origin], "copy_rate": copies.copy_rate, "control_copy_rate": copies.control_rate}
 
 
 def run(data: str, model: str, family: str, seed: int, *, quick: bool = False) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import itertools
 import json
 import math
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -35,7 +36,7 @@ from typing import Any, Optional
 import torch
 
 from mmh_train.memorization import DD, OD
-from mmh_train.verdicts import calibrated_labels
+from mmh_train.verdicts import NullStatistics, calibrated_labels, decide, null_statistics
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _harness import auroc, tpr_at_fpr  # noqa: E402
@@ -46,8 +47,11 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "validity.json"
 FAMILY_OF = {"oversample": "oversampling", "oversample_far": "oversampling", "duplicates": "duplicates",
              "conditional": "conditional", "natural": "natural", "generalizing": "generalizing"}
 #: the rule's constants and the values the calibration may choose from
-CONSTANTS: dict[str, tuple] = {"standardise": ("local", "global", "local_rescaled"),
-                               "min_drop": (0.3, 0.4, 0.5, 0.6), "min_spreads": (1.5, 2.0, 3.0)}
+CONSTANTS: dict[str, tuple] = {"standardise": ("local", "global", "local_rescaled"), "combine": ("max", "all"),
+                               "size_at": ("any", "every", "deciding"), "min_drop": (0.3, 0.5, 0.7),
+                               "min_spreads": (1.5, 2.0, 3.0, 4.0, 6.0)}
+#: the rule of 2026-12-02 (before this suite), judged beside the shipped defaults
+OLD_RULE = {"standardise": "local_rescaled", "combine": "max", "size_at": "deciding", "min_drop": 0.5, "min_spreads": 2.0}
 GOALS = {"auroc": 0.95, "tpr": 0.5, "precision": 0.9, "recall": 0.9, "false_runs": 0.05}
 
 
@@ -58,12 +62,22 @@ def load_runs(folder: Path) -> list[dict[str, Any]]:
     return runs
 
 
+_STATS: dict[tuple[int, str], NullStatistics] = {}
+
+
 def judge_run(run: dict[str, Any], constants: dict[str, Any]) -> dict[str, Any]:
-    """The rule with ``constants`` on one stored run: labels and score per training probe."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        labels = calibrated_labels(run["lid_train"], run["lid_heldout"], run["train_view"], run["heldout_view"],
-                                   duplicated=run["duplicated"], **constants)
+    """The rule with ``constants`` on one stored run: labels and score per training probe. The statistics
+    (which depend on the standardisation only) are computed once per run; ``calibrated_labels`` is the same
+    two steps (tests/benchmarks/test_validity_quick.py checks they agree)."""
+    constants = dict(constants)
+    standardise = constants.pop("standardise", "local")
+    key = (id(run), standardise)
+    if key not in _STATS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            _STATS[key] = null_statistics(run["lid_train"], run["lid_heldout"], run["train_view"],
+                                          run["heldout_view"], standardise=standardise)
+    labels = decide(_STATS[key], run["duplicated"].bool().cpu(), **constants)
     return {"label": labels.label, "score": torch.nan_to_num(labels.score.double(), nan=-math.inf)}
 
 
@@ -71,9 +85,20 @@ def _pr(predicted: torch.Tensor, truth: torch.Tensor) -> tuple[int, int, int]:
     return int((predicted & truth).sum()), int((predicted & ~truth).sum()), int((~predicted & truth).sum())
 
 
+def truths(run: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(od, dd)`` per training probe: the planted rows, and any other row the model's samples copy (memorized
+    too, planted or not), as OD or DD by whether the data duplicate it."""
+    copied = run["sample_memorized"]
+    return (run["truth_od"] | (copied & ~run["duplicated"] & ~run["truth_dd"]),
+            run["truth_dd"] | (copied & run["duplicated"] & ~run["truth_od"]))
+
+
 def cell_metrics(runs: list[dict[str, Any]], judged: list[dict[str, Any]]) -> dict[str, Any]:
-    """Seeds pooled: ranking (AUROC, TPR at 1 % FPR over the pooled points), OD/DD precision and recall."""
-    truth = torch.cat([r["truth_od"] | r["truth_dd"] for r in runs])
+    """Seeds pooled: ranking (AUROC, TPR at 1 % FPR over the pooled points), OD/DD precision and recall; the
+    recall over the planted rows that the samples copy (``recall_copied``: what a model that acted on the
+    planting shows)."""
+    split = [truths(r) for r in runs]
+    truth = torch.cat([od | dd for od, dd in split])
     score = torch.cat([j["score"] for j in judged])
     label = torch.cat([j["label"] for j in judged])
     out: dict[str, Any] = {"cell": runs[0]["cell"], "family": runs[0]["family"], "seeds": len(runs),
@@ -83,14 +108,16 @@ def cell_metrics(runs: list[dict[str, Any]], judged: list[dict[str, Any]]) -> di
                            "tpr": tpr_at_fpr(score, truth) if truth.any() and not truth.all() else math.nan,
                            "false_runs": sum(bool((j["label"] != 0).any()) for j in judged) / len(judged),
                            "labelled": float((label != 0).double().mean())}
-    for name, code, key in (("od", OD, "truth_od"), ("dd", DD, "truth_dd")):
-        t = torch.cat([r[key] for r in runs])
+    for name, code, which in (("od", OD, 0), ("dd", DD, 1)):
+        t = torch.cat([pair[which] for pair in split])
         tp, fp, fn = _pr(label == code, t)
         out[f"{name}_precision"] = tp / (tp + fp) if tp + fp else math.nan
         out[f"{name}_recall"] = tp / (tp + fn) if tp + fn else math.nan
     tp, fp, fn = _pr(label != 0, truth)
     out["precision"] = tp / (tp + fp) if tp + fp else math.nan
     out["recall"] = tp / (tp + fn) if tp + fn else math.nan
+    acted = torch.cat([(r["truth_od"] | r["truth_dd"]) & r["sample_memorized"] for r in runs])
+    out["recall_copied"] = float(((label != 0) & acted).sum() / acted.sum()) if acted.any() else math.nan
     return out
 
 
@@ -120,19 +147,22 @@ def objective(metrics: list[dict[str, Any]]) -> float:
     return (_mean(f1) if f1 else 0.0) - 2.0 * penalty
 
 
-def grid() -> list[dict[str, Any]]:
+def grid(quick: bool = False) -> list[dict[str, Any]]:
+    """Every combination of :data:`CONSTANTS` (``quick``: the first two values of each). Ties in the objective
+    go to the earlier combination."""
     keys = list(CONSTANTS)
-    return [dict(zip(keys, values)) for values in itertools.product(*(CONSTANTS[k] for k in keys))]
+    return [dict(zip(keys, values)) for values in itertools.product(*(CONSTANTS[k][:2] if quick else CONSTANTS[k]
+                                                                      for k in keys))]
 
 
 def evaluate(cells: dict[str, list], constants: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: cell_metrics(runs, [judge_run(r, constants) for r in runs]) for name, runs in cells.items()}
 
 
-def leave_one_family_out(cells: dict[str, list]) -> dict[str, Any]:
+def leave_one_family_out(cells: dict[str, list], quick: bool = False) -> dict[str, Any]:
     """For each family: the constants that maximize :func:`objective` on the other families, and its cells
     judged with them."""
-    candidates = grid()
+    candidates = grid(quick)
     table = [evaluate(cells, c) for c in candidates]  # [candidate][cell]
     families = sorted({FAMILY_OF[runs[0]["family"]] for runs in cells.values()})
     out = {}
@@ -151,7 +181,7 @@ def leave_one_family_out(cells: dict[str, list]) -> dict[str, Any]:
 COLUMNS = [("cell", "cell", "s"), ("seeds", "seeds", "d"), ("positives", "memorized", "d"), ("copied", "copied", ".2f"),
            ("auroc", "AUROC", ".3f"), ("tpr", "TPR@1%", ".2f"), ("od_precision", "OD P", ".2f"),
            ("od_recall", "OD R", ".2f"), ("dd_precision", "DD P", ".2f"), ("dd_recall", "DD R", ".2f"),
-           ("false_runs", "runs w/ label", ".2f")]
+           ("recall_copied", "R copied", ".2f"), ("false_runs", "runs w/ label", ".2f")]
 
 
 def misses(m: dict[str, Any]) -> list[str]:
@@ -180,6 +210,53 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def rule_cost(runs: list[dict[str, Any]], repeats: int = 5) -> dict[str, float]:
+    """Seconds of the rule (old and new, side by side) on the run with the most probes, against that run's
+    whole check (FLIPD at every level on every probe)."""
+    run = max(runs, key=lambda r: r["lid_train"].shape[1] + r["lid_heldout"].shape[1])
+    seconds = {}
+    for name, constants in (("old", OLD_RULE), ("new", {})):
+        best = math.inf
+        for _ in range(repeats):
+            start = time.perf_counter()
+            calibrated_labels(run["lid_train"], run["lid_heldout"], run["train_view"], run["heldout_view"],
+                              duplicated=run["duplicated"], **constants)
+            best = min(best, time.perf_counter() - start)
+        seconds[name] = best
+    return {"run": run["cell"], "probes": run["lid_train"].shape[1] + run["lid_heldout"].shape[1],
+            "rule_old_s": seconds["old"], "rule_new_s": seconds["new"], "check_s": run["check_seconds"],
+            "growth": (seconds["new"] - seconds["old"]) / run["check_seconds"]}
+
+
+def false_run_rate(cells: dict[str, dict[str, Any]]) -> tuple[int, int]:
+    """(runs with any label, runs) over every generalizing cell: BH's promise is ≤ fdr of them."""
+    runs = [(m["false_runs"], m["seeds"]) for m in cells.values() if m["family"] == "generalizing"]
+    return round(sum(f * n for f, n in runs)), sum(n for _, n in runs)
+
+
+def tables(doc: dict[str, Any]) -> str:
+    """BENCHMARKS.md's tables from the JSON: the defaults, the old rule, leave-one-family-out, and the cost."""
+    parts = []
+    for title, key in (("The shipped defaults", "defaults"), ("The rule of 2026-12-02", "old")):
+        labelled, runs = false_run_rate(doc[key])
+        parts += [f"**{title}** (generalizing runs with any label: {labelled} of {runs})", "",
+                  markdown(list(doc[key].values())), ""]
+    parts += ["**Leave one family out** (each family judged with the constants chosen on the others)", "",
+              "| family | chosen on the other families |", "|---|---|"]
+    for family, result in doc["lofo"]["per_family"].items():
+        chosen = ", ".join(f"{k}={v}" for k, v in result["constants"].items())
+        parts.append(f"| {family} | {chosen} |")
+    parts += ["", markdown([m for f in doc["lofo"]["per_family"].values() for m in f["cells"].values()]), ""]
+    every = doc["lofo"]["all_families"]
+    parts.append("Chosen on every family (the shipped defaults): "
+                 + ", ".join(f"{k}={v}" for k, v in every["constants"].items()))
+    cost = doc["cost"]
+    parts.append(f"\nCost: the rule takes {cost['rule_new_s'] * 1e3:.1f} ms (the old one {cost['rule_old_s'] * 1e3:.1f} ms) "
+                 f"on {cost['probes']} probes ({cost['run']}), whose check took {cost['check_s']:.2f} s: "
+                 f"{100 * cost['growth']:+.1f} % of the check.")
+    return "\n".join(parts)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="measure and judge four small cells")
@@ -188,31 +265,24 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or (DEFAULT_OUT.with_name("validity-quick.json") if args.quick else DEFAULT_OUT)
     if args.table:
-        doc = json.loads(out.read_text())
-        print(markdown(list(doc["defaults"].values())))
-        print()
-        print(markdown([m for f in doc["lofo"]["per_family"].values() for m in f["cells"].values()]))
+        print(tables(json.loads(out.read_text())))
         return 0
-    folder = R.RUNS.with_name("validity-quick") if args.quick else R.RUNS
+    folder = out.parent / "validity-quick" if args.quick else R.RUNS
     if args.quick:
         R.main(["--quick", "--out", str(folder)])
     cells = by_cell(load_runs(folder))
     defaults = evaluate(cells, {})
-    lofo = leave_one_family_out(cells)
+    old = evaluate(cells, OLD_RULE)
+    lofo = leave_one_family_out(cells, quick=args.quick)
+    cost = rule_cost([r for runs in cells.values() for r in runs])
     doc = {"benchmark": "validity", "command": "python benchmarks/validity.py" + (" --quick" if args.quick else ""),
-           "constants": {k: list(v) for k, v in CONSTANTS.items()}, "goals": GOALS,
-           "defaults": defaults, "lofo": lofo}
+           "constants": {k: list(v) for k, v in CONSTANTS.items()}, "goals": GOALS, "old_rule": OLD_RULE,
+           "defaults": defaults, "old": old, "lofo": lofo, "cost": cost}
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=1, default=float))
     tmp.replace(out)
-    print("The shipped defaults:")
-    print(markdown(list(defaults.values())))
-    print("\nLeave one family out (constants chosen on the other families):")
-    for family, result in lofo["per_family"].items():
-        print(f"  {family}: chosen {result['constants']} (objective on the others {result['objective_on_others']:.3f})")
-    print(markdown([m for f in lofo["per_family"].values() for m in f["cells"].values()]))
-    print(f"\nChosen on every family: {lofo['all_families']}")
+    print(tables(doc))
     return 0
 
 

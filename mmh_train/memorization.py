@@ -54,11 +54,12 @@ class MemorizationLabels:
         score: ``[N]`` float64 memorization score for ranking, higher = more memorized: the mean relative drop
             of LID_θ below the local held-out null over the noise levels (1 = collapsed to 0); None under the
             reference rule, where ``od_gap`` ranks.
-        z: ``[N]`` float64, the largest standardised drop over the levels (what ``p_value`` comes from).
+        z: ``[N]`` float64, the deciding standardised drop (the smallest over the levels by default; what
+            ``p_value`` comes from).
         p_value: ``[N]`` float64 p-value of "not memorized" (before Benjamini–Hochberg), or None.
         drop: ``[N]`` relative drop of LID_θ below the local null at the deciding σ, or None.
         duplicated: ``[N]`` bool, whether the data duplicate the point (what separates DD from OD), or None.
-        sigma: ``[N]`` float64, the noise level that decided the point (largest z), NaN where unmeasured; None
+        sigma: ``[N]`` float64, the noise level that decided the point (the deciding z), NaN where unmeasured; None
             under the reference rule.
         null: ``[N]`` float64, the local held-out null at that noise level: the LID a generalizing model
             reads there (what the per-point LID penalty aims for); None under the reference rule.

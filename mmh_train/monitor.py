@@ -79,8 +79,9 @@ class MemorizationMonitor:
             index, ``"heldout"`` (the mean LID of each probe's nearest held-out probes); ``None``: no labels.
         reference_options: for ``"data"``: ``method``, ``k``, ``duplicate_radius``; for ``"heldout"``: ``k``;
             for ``"heldout_null"``: ``near_ratio`` (near-duplicate links, see :mod:`mmh_train.survey`).
-        label_options: ``"heldout_null"``: ``k`` (5), ``fdr`` (0.05), ``min_drop`` (0.5); the model-free rules:
-            ``od_margin``, ``relative``, ``dd_threshold`` of ``classify_memorization``.
+        label_options: ``"heldout_null"``: ``k``, ``scale_k``, ``fdr``, ``min_drop``, ``min_spreads``,
+            ``standardise``, ``combine``, ``size_at`` of ``calibrated_labels``; the model-free rules: ``od_margin``,
+            ``relative``, ``dd_threshold`` of ``classify_memorization``.
         early_checks: checks averaged into each probe's own baseline for the collapse signal.
         batch_size: probes per estimator call.
         seed: seeds the probe choice and the estimator's noise.

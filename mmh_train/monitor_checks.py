@@ -94,7 +94,7 @@ def resolve_rule(reference: Any, heldout_data: Any, n_held_probes: int, n_train:
 
 
 #: label_options of the held-out rule (:func:`~mmh_train.verdicts.calibrated_labels`).
-HELDOUT_NULL_OPTIONS = ("k", "scale_k", "fdr", "min_drop")
+HELDOUT_NULL_OPTIONS = ("k", "scale_k", "fdr", "min_drop", "min_spreads", "standardise", "combine", "size_at")
 
 
 def check_options(function: Any, estimator: Any, estimator_options: dict[str, Any] | None,

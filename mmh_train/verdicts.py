@@ -12,18 +12,26 @@ statistic under "not memorized". Per σ, the drop is standardised against that s
 
     z_s(i) = (drop_s(i) − median_j drop_s(j)) / (1.4826 · MAD_j drop_s(j)),   j over i's ``scale_k`` nearest,
 
-(the estimator's noise differs between regions, e.g. it grows with the local dimension), then recentred
-and rescaled by the median and MAD of the held-out probes' own z (each against its nearest others). The
-noise levels are combined by the largest z (a memorizer collapses below the training points' spacing, at
-whichever σ resolves it) with a Bonferroni correction, p(i) = min(1, S · Φ̄(max_s z_s(i))), and the p-values
-go through Benjamini–Hochberg at level ``fdr``. A point is memorized where BH rejects **and** the drop is
-large (significance and size): where the local null at that σ reads a dimension (≥ 1), LID_θ fell to at
-most ``1 − min_drop`` of it; where it reads below 1, as an image UNet not yet fitted does (FLIPD far below
-zero on every image), there is no dimension to halve, and LID_θ must lie :data:`MIN_SPREADS` robust standard
-deviations of the nearby held-out LIDs below the null. In that regime a collapse still lowers LID_θ: the
-training images of a memorizing 16×16 UNet read −131 where unseen ones read −16 (docs/science.md §7). Memorized points that the
-data duplicate (a duplicate group) are DD, the others OD. Points are *ranked* by the mean drop over the
-levels (an effect size), which ranked better than the z on the calibration runs.
+(the estimator's noise differs between regions, e.g. it grows with the local dimension). The noise levels
+are combined by an intersection–union test: a point's statistic is its *smallest* z over the levels and
+p(i) = Φ̄(min_s z_s(i)), so a point is significant only where it collapsed at every level. A memorized point
+does (the model's mass sits on it at every σ below its spacing); a point that merely lies near a memorized
+one drops only at the levels whose noise reaches that far, and a generalizing model's chance dips rarely
+line up across levels. The p-values go through Benjamini–Hochberg at level ``fdr``. A point is memorized
+where BH rejects **and** the drop is large at some level (significance and size): where the local null at
+that σ reads a dimension (≥ 1), LID_θ fell to at most ``1 − min_drop`` of it; where it reads below 1, as
+an image UNet not yet fitted does (FLIPD far below zero on every image), there is no dimension to halve, and
+LID_θ must lie :data:`MIN_SPREADS` robust standard deviations of the nearby held-out LIDs below the null. In
+that regime a collapse still lowers LID_θ: the training images of a memorizing 16×16 UNet read −131 where
+unseen ones read −16 (docs/science.md §7). Memorized points that the data duplicate (a duplicate group) are
+DD, the others OD. Points are *ranked* by the mean drop over the levels (an effect size).
+
+How these choices were made (BENCHMARKS.md, "Validity suite"): the scale (local, global, or the rule of
+2026-12-02, local then rescaled by the held-out probes' own z), the combination (largest z with Bonferroni,
+or every level), ``min_drop`` and :data:`MIN_SPREADS` were chosen by leave-one-family-out calibration over
+planted and natural memorization on toy mixtures and digits, MLPs and a convolutional UNet, DDPM and flow
+matching. The rescaled rule of 2026-12-02 missed a collapsed far piece (LID_θ 1 where held-out points read
+4) entirely; the largest-z combination labelled a third of the generalizing runs.
 
 The normal tail on a robust z is an approximation; the tests check the false-discovery rate on a
 generalizing oracle and on held-out points split in two, and docs/science.md §7 gives the measured rates.
@@ -32,6 +40,7 @@ generalizing oracle and on held-out points split in two, and docs/science.md §7
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
@@ -42,6 +51,7 @@ from .memorization import DD, NONE, OD, MemorizationLabels
 from .neighbors import knn
 
 __all__ = ["local_null", "relative_drop", "robust_z", "combine_noise_levels", "calibrated_labels", "check_verdict_options",
+           "NullStatistics", "null_statistics", "decide",
            "local_spread", "large_enough", "at_level", "MAD_TO_SD", "MIN_SPREADS"]
 
 #: 1.4826 · MAD estimates a normal distribution's standard deviation.
@@ -50,6 +60,13 @@ MAD_TO_SD = 1.482602218505602
 #: the nearby held-out LIDs below the null (2: outside the central 95 % of a normal null).
 MIN_SPREADS = 2.0
 _TINY_SCALE = 1e-6
+#: How a drop is standardised: ``"local"`` against the null drops of its ``scale_k`` nearest held-out probes;
+#: ``"global"`` against all of them; ``"local_rescaled"`` local, then rescaled by the held-out probes' own local z.
+STANDARDISE = ("local", "global", "local_rescaled")
+#: How the noise levels are combined (see :func:`combine_noise_levels`).
+COMBINE = ("max", "all")
+#: Where the size condition must hold: at one level at least, at every level, or at the deciding level.
+SIZE_AT = ("any", "every", "deciding")
 
 
 def local_null(lid_heldout: Tensor, heldout_view: Tensor, query_view: Tensor | None, k: int) -> Tensor:
@@ -105,21 +122,27 @@ def robust_z(drop: Tensor, null_drop: Tensor, neighbours: Tensor | None = None) 
     return (drop - centre) / scale
 
 
-def combine_noise_levels(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Largest z over the noise levels, with a Bonferroni-corrected one-sided normal p-value.
+def combine_noise_levels(z: Tensor, how: str = "max") -> tuple[Tensor, Tensor, Tensor]:
+    """One statistic and one-sided normal p-value per point from its z at every measured noise level.
 
     Args:
         z: ``[S, P]`` standardised drops (NaN where not measured).
+        how: ``"max"``: the largest z, p = min(1, S' · Φ̄(z)) (Bonferroni over the S' finite levels: evidence
+            at any level); ``"all"``: the smallest z, p = Φ̄(z) (an intersection–union test: the point must
+            collapse at every level, as a memorized point does at every σ below its spacing, while a point that
+            merely lies near a memorized one drops only at the levels whose noise reaches it).
 
     Returns:
-        ``(score [P], p_value [P], level [P])``: the largest finite z (NaN where none), min(1, S' · Φ̄(score))
-        with S' the number of finite levels of that point (1 where none), and the index of the level that
-        gave the score (−1 where none).
+        ``(score [P], p_value [P], level [P])``: the deciding z (NaN where none), its p-value (1 where none),
+        and the index of the level that gave it (−1 where none).
     """
+    if how not in COMBINE:
+        raise ValueError(f"how must be one of {COMBINE}; got {how!r}.")
     finite = torch.isfinite(z)
-    filled = torch.where(finite, z, torch.full_like(z, -math.inf))
-    score, level = filled.max(0)
-    levels = finite.sum(0).clamp(min=1).double()
+    fill = -math.inf if how == "max" else math.inf
+    filled = torch.where(finite, z, torch.full_like(z, fill))
+    score, level = filled.max(0) if how == "max" else filled.min(0)
+    levels = finite.sum(0).clamp(min=1).double() if how == "max" else torch.ones(z.shape[1], dtype=torch.float64)
     tail = 0.5 * torch.special.erfc(score.double() / math.sqrt(2.0))
     p_value = (levels * tail).clamp(max=1.0)
     none = ~finite.any(0)
@@ -131,7 +154,8 @@ def combine_noise_levels(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor, heldout_view: Tensor, *,
                       duplicated: Tensor | None = None, k: int = 5, scale_k: int = 100, fdr: float = 0.05,
-                      min_drop: float = 0.5, sigmas: Sequence[float] | None = None) -> MemorizationLabels:
+                      min_drop: float = 0.5, min_spreads: float = MIN_SPREADS, standardise: str = "local", combine: str = "all",
+                      size_at: str = "any", sigmas: Sequence[float] | None = None) -> MemorizationLabels:
     """OD/DD verdicts of training probes against the model's own LID_θ on nearby held-out probes.
 
     Args:
@@ -147,11 +171,16 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
         fdr: Benjamini–Hochberg level in (0, 1) over the tested training probes (a finite statistic at some
             level; ``measured`` in the result).
         min_drop: the smallest relative drop below the local null that counts, in [0, 1).
+        min_spreads: the size condition where the local null reads below 1 (see :func:`large_enough`).
+        standardise: how a drop's scale is found (see :data:`STANDARDISE`).
+        combine: how the noise levels are combined (see :func:`combine_noise_levels`).
+        size_at: ``"any"``: the size condition must hold at one noise level at least; ``"every"``: at each;
+            ``"deciding"``: at the level whose z decided.
         sigmas: the S noise levels (for ``labels.sigma``); None leaves it unset.
 
     Returns:
         :class:`~mmh_train.MemorizationLabels` with ``rule="heldout_null"``: ``score`` (the mean relative
-        drop over the levels, for ranking; higher = more memorized), ``z`` (the largest standardised drop),
+        drop over the levels, for ranking; higher = more memorized), ``z`` (the deciding standardised drop),
         ``p_value``, ``drop`` (at the deciding level), ``sigma`` and ``null`` there, and ``duplicated`` per
         probe; ``lid_ref`` is the local null at the primary σ and ``od_gap`` its difference from ``lid_model``.
     """
@@ -164,7 +193,8 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     _check_view(heldout_view, q, "heldout_view")
     if train_view.reshape(p, -1).shape[1] != heldout_view.reshape(q, -1).shape[1]:
         raise ValueError("train_view and heldout_view must live in the same space (same number of features).")
-    check_verdict_options(k=k, scale_k=scale_k, fdr=fdr, min_drop=min_drop)
+    check_verdict_options(k=k, scale_k=scale_k, fdr=fdr, min_drop=min_drop, min_spreads=min_spreads,
+                          standardise=standardise, combine=combine, size_at=size_at)
     if q < 2:
         raise ValueError(f"a held-out null needs at least 2 held-out probes (each is compared with its nearest "
                          f"others); got {q}. Pass more held-out points, or use reference='data'.")
@@ -174,21 +204,58 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
         raise ValueError(f"duplicated must be a bool tensor of shape [{p}] (one flag per training probe).")
     duplicated = duplicated.bool().cpu()
 
+    stats = null_statistics(lid_train, lid_heldout, train_view, heldout_view, k=k, scale_k=scale_k,
+                            standardise=standardise)
+    if sigmas is not None and len(sigmas) != lid_train.shape[0]:
+        raise ValueError(f"sigmas has {len(sigmas)} levels but the LIDs were measured at {lid_train.shape[0]}.")
+    return decide(stats, duplicated, fdr=fdr, min_drop=min_drop, min_spreads=min_spreads, combine=combine,
+                  size_at=size_at, sigmas=sigmas)
+
+
+@dataclass(frozen=True)
+class NullStatistics:
+    """What the verdicts are decided from, per noise level and training probe (``[S, P]`` float64, CPU):
+    ``lid`` (LID_θ), ``null`` (the local held-out null), ``drop`` (relative drop), ``z`` (standardised drop),
+    ``spread`` (robust standard deviation of the nearby held-out LIDs)."""
+
+    lid: Tensor
+    null: Tensor
+    drop: Tensor
+    z: Tensor
+    spread: Tensor
+
+
+def null_statistics(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor, heldout_view: Tensor, *, k: int = 5,
+                    scale_k: int = 100, standardise: str = "local") -> NullStatistics:
+    """The statistics of :func:`calibrated_labels` (checked inputs ``[S, P]``, ``[S, Q]``, ``[P, F]``, ``[Q, F]``)."""
+    p, q = lid_train.shape[1], lid_heldout.shape[1]
     train_view, heldout_view = train_view.reshape(p, -1).cpu(), heldout_view.reshape(q, -1).cpu()
-    null_train = local_null(lid_heldout.cpu(), heldout_view, train_view, k)
-    null_heldout = local_null(lid_heldout.cpu(), heldout_view, None, k)
-    drop = relative_drop(lid_train.double().cpu(), null_train)
-    null_drop = relative_drop(lid_heldout.double().cpu(), null_heldout)
-    # local standardisation: each point against the null drops of its scale_k nearest held-out probes, then
-    # the held-out probes' own local z (leave-one-out) recentre and rescale the result globally
+    lid_train, lid_heldout = lid_train.double().cpu(), lid_heldout.cpu()
+    null_train = local_null(lid_heldout, heldout_view, train_view, k)
+    null_heldout = local_null(lid_heldout, heldout_view, None, k)
+    drop = relative_drop(lid_train, null_train)
+    null_drop = relative_drop(lid_heldout.double(), null_heldout)
     kk = min(scale_k, q - 1)
     _, near_train = knn(heldout_view, train_view, kk)
-    _, near_held = knn(heldout_view, None, kk)
-    z_null = robust_z(null_drop, null_drop, near_held)
-    z = robust_z(robust_z(drop, null_drop, near_train), z_null)
-    z_best, p_value, level = combine_noise_levels(z)
-    # the ranking score: the mean relative drop over the measured levels (an effect size; the test above
-    # decides the labels). It ranked memorized toy points better than the z (calibration seed 100).
+    if standardise == "global":
+        z = robust_z(drop, null_drop)
+    elif standardise == "local":  # each point against the null drops of its scale_k nearest held-out probes
+        z = robust_z(drop, null_drop, near_train)
+    else:  # then recentred and rescaled by the held-out probes' own local z (leave-one-out)
+        _, near_held = knn(heldout_view, None, kk)
+        z = robust_z(robust_z(drop, null_drop, near_train), robust_z(null_drop, null_drop, near_held))
+    return NullStatistics(lid=lid_train, null=null_train, drop=drop, z=z, spread=local_spread(lid_heldout, near_train))
+
+
+def decide(stats: NullStatistics, duplicated: Tensor, *, fdr: float = 0.05, min_drop: float = 0.5,
+           min_spreads: float = MIN_SPREADS, combine: str = "all", size_at: str = "any",
+           sigmas: Sequence[float] | None = None) -> MemorizationLabels:
+    """Labels from :class:`NullStatistics`: significance (BH over the combined p-values) and size."""
+    drop, null_train = stats.drop, stats.null
+    p = drop.shape[1]
+    z_best, p_value, level = combine_noise_levels(stats.z, combine)
+    # the ranking score: the mean relative drop over the measured levels (an effect size; the test decides
+    # the labels). It ranked memorized toy points better than the z (calibration seed 100).
     finite = torch.isfinite(drop)
     score = torch.where(finite, drop, torch.zeros_like(drop)).sum(0) / finite.sum(0).clamp(min=1)
     score = torch.where(finite.any(0), score, torch.full_like(score, math.nan))
@@ -197,25 +264,29 @@ def calibrated_labels(lid_train: Tensor, lid_heldout: Tensor, train_view: Tensor
     rejected = torch.zeros(p, dtype=torch.bool)
     if bool(tested.any()):
         rejected[tested] = benjamini_hochberg(p_value[tested], fdr)
-    best_drop = at_level(drop, level)
-    decided_null = at_level(null_train, level)
-    gap = decided_null - at_level(lid_train.double().cpu(), level)
-    spread = at_level(local_spread(lid_heldout.cpu(), near_train), level)
-    memorized = rejected & large_enough(best_drop, decided_null, gap, spread, min_drop)
+    # the size condition per level ([S, P]), met at one level at least ("any": a memorized point's collapse is
+    # deepest where σ is smallest, while at the largest σ its neighbours' mass still pulls LID_θ up), at
+    # every measured level ("every"), or at the deciding one
+    sized = large_enough(drop, null_train, null_train - stats.lid, stats.spread, min_drop, min_spreads)
+    if size_at == "any":
+        sized = sized.any(0)
+    elif size_at == "every":
+        sized = (sized | ~finite).all(0) & finite.any(0)
+    else:  # "deciding": at the level whose z decided (the rule of 2026-12-02)
+        sized = at_level(sized.double(), level) == 1.0
+    memorized = rejected & sized
     decided_sigma = None
     if sigmas is not None:
-        if len(sigmas) != lid_train.shape[0]:
-            raise ValueError(f"sigmas has {len(sigmas)} levels but the LIDs were measured at {lid_train.shape[0]}.")
         table = torch.tensor([float(s) for s in sigmas], dtype=torch.float64)
         decided_sigma = torch.where(level >= 0, table[level.clamp(min=0)], torch.full((p,), math.nan, dtype=torch.float64))
     label = torch.full((p,), NONE, dtype=torch.long)
     label[memorized & ~duplicated] = OD
     label[memorized & duplicated] = DD
-    lid_model, lid_ref = lid_train[0].double().cpu(), null_train[0]
+    lid_model, lid_ref = stats.lid[0], null_train[0]
     od_gap = torch.where(measured, lid_ref - lid_model, torch.full_like(lid_ref, math.nan))
     return MemorizationLabels(label=label, od_gap=od_gap, lid_model=lid_model, lid_ref=lid_ref, measured=measured,
-                              score=score, p_value=p_value, drop=best_drop, duplicated=duplicated,
-                              sigma=decided_sigma, null=decided_null, z=z_best, rule="heldout_null")
+                              score=score, p_value=p_value, drop=at_level(drop, level), duplicated=duplicated,
+                              sigma=decided_sigma, null=at_level(null_train, level), z=z_best, rule="heldout_null")
 
 
 def local_spread(lid_heldout: Tensor, neighbours: Tensor) -> Tensor:
@@ -226,7 +297,8 @@ def local_spread(lid_heldout: Tensor, neighbours: Tensor) -> Tensor:
     return MAD_TO_SD * (sample - centre[..., None]).abs().nanmedian(dim=-1).values
 
 
-def large_enough(drop: Tensor, null: Tensor, gap: Tensor, spread: Tensor, min_drop: float) -> Tensor:
+def large_enough(drop: Tensor, null: Tensor, gap: Tensor, spread: Tensor, min_drop: float,
+                 min_spreads: float = MIN_SPREADS) -> Tensor:
     """The size condition of a verdict (``[P]`` each, at the deciding level), beside its significance.
 
     Where the local null reads a dimension (≥ 1), LID_θ must have lost at least ``min_drop`` of it. Where it
@@ -235,7 +307,7 @@ def large_enough(drop: Tensor, null: Tensor, gap: Tensor, spread: Tensor, min_dr
     deviations of the nearby held-out LIDs below the null: outside the bulk of what unseen points read.
     """
     dimension = null >= 1.0
-    return torch.where(dimension, drop >= min_drop, gap >= MIN_SPREADS * spread) & torch.isfinite(drop)
+    return torch.where(dimension, drop >= min_drop, gap >= min_spreads * spread) & torch.isfinite(drop)
 
 
 def at_level(values: Tensor, level: Tensor) -> Tensor:
@@ -244,7 +316,9 @@ def at_level(values: Tensor, level: Tensor) -> Tensor:
     return torch.where(level >= 0, picked, torch.full_like(picked, math.nan))
 
 
-def check_verdict_options(*, k: int = 5, scale_k: int = 100, fdr: float = 0.05, min_drop: float = 0.5) -> None:
+def check_verdict_options(*, k: int = 5, scale_k: int = 100, fdr: float = 0.05, min_drop: float = 0.5,
+                          min_spreads: float = MIN_SPREADS, standardise: str = "local", combine: str = "all",
+                          size_at: str = "any") -> None:
     """The options of :func:`calibrated_labels`, checked (the monitor calls it before any work)."""
     for name, value in (("k", k), ("scale_k", scale_k)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -253,6 +327,15 @@ def check_verdict_options(*, k: int = 5, scale_k: int = 100, fdr: float = 0.05, 
         raise ValueError(f"fdr must lie in (0, 1), e.g. 0.05; got {fdr!r}.")
     if isinstance(min_drop, bool) or not isinstance(min_drop, (int, float)) or not 0.0 <= min_drop < 1.0:
         raise ValueError(f"min_drop must lie in [0, 1) (0.5: LID_θ at most half the local null); got {min_drop!r}.")
+    if isinstance(min_spreads, bool) or not isinstance(min_spreads, (int, float)) or not 0.0 <= min_spreads < math.inf:
+        raise ValueError(f"min_spreads must be a finite number ≥ 0 (robust standard deviations of the held-out "
+                         f"LIDs; default {MIN_SPREADS}); got {min_spreads!r}.")
+    if standardise not in STANDARDISE:
+        raise ValueError(f"standardise must be one of {STANDARDISE}; got {standardise!r}.")
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {COMBINE}; got {combine!r}.")
+    if size_at not in SIZE_AT:
+        raise ValueError(f"size_at must be one of {SIZE_AT}; got {size_at!r}.")
 
 
 def _as_levels(lid: Any, name: str) -> Tensor:

@@ -7,6 +7,7 @@ the partial memorizer's denoiser is the exact posterior mean of a mixture of the
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,6 +115,11 @@ def test_the_statistic_reads_like_its_formulas():
     assert score[0].item() == 2.0 and level[0].item() == 1
     assert p[0].item() == pytest.approx(2 * 0.5 * math.erfc(2.0 / math.sqrt(2)))  # Bonferroni over 2 levels
     assert math.isnan(score[1].item()) and p[1].item() == 1.0 and level[1].item() == -1
+    # "all" (the default): the weakest level decides, with no Bonferroni factor (an intersection–union test)
+    score, p, level = combine_noise_levels(torch.tensor([[1.0, math.nan], [2.0, math.nan]], dtype=torch.float64), "all")
+    assert score[0].item() == 1.0 and level[0].item() == 0
+    assert p[0].item() == pytest.approx(0.5 * math.erfc(1.0 / math.sqrt(2)))
+    assert math.isnan(score[1].item()) and p[1].item() == 1.0
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -175,8 +181,10 @@ def test_the_monitor_checks_the_rule_and_its_options_before_any_work():
 def test_a_planted_collapse_is_labelled_where_flipd_reads_negative_and_where_it_reads_a_dimension(null_centre,
                                                                                                    spread):
     """The monitor's default probe counts (128 training, 64 held-out) at three levels: 16 training probes read
-    5 spreads below the held-out null, the rest are exchangeable with it. An unfitted image UNet reads far below
-    zero on every image (−300 ± 15 here: the planted points lost only a quarter of |null|, which no "half the
+    6 spreads below the held-out null, the rest are exchangeable with it. (The verdict asks for the collapse at
+    every level, an intersection–union test; with noise independent between levels, as here, a point 5 spreads
+    down is missed at one level or another about one time in eight.) An unfitted image UNet reads far below
+    zero on every image (−300 ± 15 here: the planted points lost under a third of |null|, which no "half the
     dimension" gate can see); a fitted model reads a dimension (6 ± 1). In both regimes the 16 are labelled OD
     and at most one other probe is; the same 16 reading 5 spreads *above* the null are not memorized (a
     collapse lowers LID_θ), and nothing is labelled."""
@@ -187,11 +195,27 @@ def test_a_planted_collapse_is_labelled_where_flipd_reads_negative_and_where_it_
     lid_train = null_centre + spread * torch.randn(3, 128, generator=g, dtype=torch.float64)
     planted = torch.randperm(128, generator=g)[:16]
     collapsed = lid_train.clone()
-    collapsed[:, planted] -= 5 * spread
+    collapsed[:, planted] -= 6 * spread
     labels = calibrated_labels(collapsed, lid_held, view_train, view_held)
     found = labels.label == OD
     assert int(found[planted].sum()) >= 15, labels.z[planted]
     assert int(found.sum()) - int(found[planted].sum()) <= 1
     risen = lid_train.clone()
-    risen[:, planted] += 5 * spread
+    risen[:, planted] += 6 * spread
     assert int((calibrated_labels(risen, lid_held, view_train, view_held).label != NONE).sum()) == 0
+
+
+def test_a_collapsed_far_piece_of_a_trained_model_is_labelled_where_the_old_rule_saw_nothing():
+    """A recorded check of a trained model (tests/fixtures/far_piece_check.pt: benchmarks/validity_runs.py's
+    far12/mlp/oversample_far, seed 0): 32 training points of a far 4-d piece filled half of every batch and
+    LID_θ there reads ~1 where held-out points of the piece read ~4. The rule before 2026-12-08 (local scale
+    rescaled by the held-out probes' own z, largest z over the levels) labelled none of them: the held-out
+    points beside a collapsed group vary more, and the double rescaling shrank every z below BH's bar."""
+    fix = torch.load(Path(__file__).parent / "fixtures" / "far_piece_check.pt")
+    planted = fix["planted"]
+    args = (fix["lid_train"], fix["lid_heldout"], fix["train_view"], fix["heldout_view"])
+    labels = calibrated_labels(*args)
+    assert int((labels.label[planted] == OD).sum()) >= 24  # 26 of 32 when written
+    assert int((labels.label[~planted] != NONE).sum()) == 0
+    old = calibrated_labels(*args, standardise="local_rescaled", combine="max")
+    assert int((old.label != NONE).sum()) == 0
