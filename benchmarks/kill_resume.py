@@ -39,7 +39,7 @@ TOY_QUICK = ["train.steps=40", "monitor.every_n_steps=20", "train.checkpoint_eve
              "train.n_samples=32", "train.sample_steps=4", "train.progress_bar=false", "remedies.compare=false",
              "train.logger=csv"]
 PORT = ["--max_train_samples", "48", "--resolution", "8", "--train_batch_size", "8", "--num_epochs", "2",
-        "--gradient_accumulation_steps", "2", "--use_ema", "--checkpointing_steps", "3"]
+        "--gradient_accumulation_steps", "2", "--use_ema", "--checkpointing_steps", "2"]  # checkpoint-4: mid-epoch
 
 
 def command(recipe: str, out: Path, *, quick: bool, resume: bool) -> list[str]:
