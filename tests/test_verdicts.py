@@ -24,14 +24,19 @@ def _noisy_lids(dims: torch.Tensor, levels: int, g: torch.Generator) -> torch.Te
     return dims.double() + 0.3 * dims.double().sqrt() * torch.randn(levels, len(dims), generator=g, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("pieces, allowed", [((4,), 0.05 + 0.035), ((2, 4, 8), 2 * 0.05 + 0.035)])
+@pytest.mark.parametrize("pieces, allowed", [((4,), 0.05 + 0.035), ((2, 4, 8), 0.15)])
 def test_a_generalizing_oracle_flags_at_most_the_stated_fdr(pieces, allowed):
     """Train and held-out probes exchangeable: under BH the chance of any discovery is ≤ fdr, so over 200 data
-    sets about fdr of them may flag anything (+ 2.3 binomial sd). With pieces of dimension 2, 4 and 8 and noise
-    ∝ √dim, the normal tail of the pooled scale is too light and the rate doubles (measured 0.085–0.11;
-    docs/science.md §7): the test holds it to that, so that it fails if the calibration gets worse."""
+    sets about fdr of them may flag anything (+ 2.3 binomial sd). The significance test alone (min_drop = 0):
+    with pieces of dimension 2, 4 and 8 and noise ∝ √dim the normal tail of a robust scale is too light, and
+    the rate grows (measured 0.085 on one piece and 0.14 on three with the local scale; the rule of 2026-12-02,
+    which rescaled it by the held-out probes' own z, 0.06 and 0.11, but lost a collapsed far piece entirely;
+    docs/science.md §7). The test holds it to that, so that it fails if the calibration gets worse. With the
+    default size condition (LID_θ at most 30 % of the null) the rate is BH's promise within its binomial
+    slack (measured 0.055 on three pieces: on the 2-d piece the noise, 0.42, reaches 0.6 now and then); the
+    validity suite's generalizing runs: 1 of 23 with any label."""
     g = torch.Generator().manual_seed(0)
-    fdr, runs, any_flag, flags = 0.05, 200, 0, 0
+    fdr, runs, any_flag, any_default, flags = 0.05, 200, 0, 0, 0
     dims = torch.tensor(pieces)
     for _ in range(runs):
         piece_train = torch.randint(0, len(pieces), (100,), generator=g)
@@ -39,12 +44,13 @@ def test_a_generalizing_oracle_flags_at_most_the_stated_fdr(pieces, allowed):
         # the view: three well-separated clusters, one per piece, so neighbours share the piece
         view_train = 10.0 * piece_train[:, None].double() + torch.randn(100, 2, generator=g, dtype=torch.float64)
         view_held = 10.0 * piece_held[:, None].double() + torch.randn(200, 2, generator=g, dtype=torch.float64)
-        labels = calibrated_labels(_noisy_lids(dims[piece_train], 3, g), _noisy_lids(dims[piece_held], 3, g),
-                                   view_train, view_held, fdr=fdr, min_drop=0.0)
-        flagged = int((labels.label != NONE).sum())
+        args = (_noisy_lids(dims[piece_train], 3, g), _noisy_lids(dims[piece_held], 3, g), view_train, view_held)
+        flagged = int((calibrated_labels(*args, fdr=fdr, min_drop=0.0).label != NONE).sum())
         any_flag += flagged > 0
         flags += flagged
+        any_default += bool((calibrated_labels(*args, fdr=fdr).label != NONE).any())
     assert any_flag / runs <= allowed, (any_flag, flags)
+    assert any_default / runs <= fdr + 0.035
 
 
 class PartialMemorizer:
@@ -115,7 +121,7 @@ def test_the_statistic_reads_like_its_formulas():
     assert score[0].item() == 2.0 and level[0].item() == 1
     assert p[0].item() == pytest.approx(2 * 0.5 * math.erfc(2.0 / math.sqrt(2)))  # Bonferroni over 2 levels
     assert math.isnan(score[1].item()) and p[1].item() == 1.0 and level[1].item() == -1
-    # "all" (the default): the weakest level decides, with no Bonferroni factor (an intersection–union test)
+    # "all": the weakest level decides, with no Bonferroni factor (an intersection–union test)
     score, p, level = combine_noise_levels(torch.tensor([[1.0, math.nan], [2.0, math.nan]], dtype=torch.float64), "all")
     assert score[0].item() == 1.0 and level[0].item() == 0
     assert p[0].item() == pytest.approx(0.5 * math.erfc(1.0 / math.sqrt(2)))
@@ -181,10 +187,9 @@ def test_the_monitor_checks_the_rule_and_its_options_before_any_work():
 def test_a_planted_collapse_is_labelled_where_flipd_reads_negative_and_where_it_reads_a_dimension(null_centre,
                                                                                                    spread):
     """The monitor's default probe counts (128 training, 64 held-out) at three levels: 16 training probes read
-    6 spreads below the held-out null, the rest are exchangeable with it. (The verdict asks for the collapse at
-    every level, an intersection–union test; with noise independent between levels, as here, a point 5 spreads
-    down is missed at one level or another about one time in eight.) An unfitted image UNet reads far below
-    zero on every image (−300 ± 15 here: the planted points lost under a third of |null|, which no "half the
+    5 spreads below the held-out null, the rest are exchangeable with it (the size condition asks for 4 at one
+    level at least). An unfitted image UNet reads far below
+    zero on every image (−300 ± 15 here: the planted points lost only a quarter of |null|, which no "half the
     dimension" gate can see); a fitted model reads a dimension (6 ± 1). In both regimes the 16 are labelled OD
     and at most one other probe is; the same 16 reading 5 spreads *above* the null are not memorized (a
     collapse lowers LID_θ), and nothing is labelled."""
@@ -195,13 +200,13 @@ def test_a_planted_collapse_is_labelled_where_flipd_reads_negative_and_where_it_
     lid_train = null_centre + spread * torch.randn(3, 128, generator=g, dtype=torch.float64)
     planted = torch.randperm(128, generator=g)[:16]
     collapsed = lid_train.clone()
-    collapsed[:, planted] -= 6 * spread
+    collapsed[:, planted] -= 5 * spread
     labels = calibrated_labels(collapsed, lid_held, view_train, view_held)
     found = labels.label == OD
     assert int(found[planted].sum()) >= 15, labels.z[planted]
     assert int(found.sum()) - int(found[planted].sum()) <= 1
     risen = lid_train.clone()
-    risen[:, planted] += 6 * spread
+    risen[:, planted] += 5 * spread
     assert int((calibrated_labels(risen, lid_held, view_train, view_held).label != NONE).sum()) == 0
 
 
@@ -215,7 +220,7 @@ def test_a_collapsed_far_piece_of_a_trained_model_is_labelled_where_the_old_rule
     planted = fix["planted"]
     args = (fix["lid_train"], fix["lid_heldout"], fix["train_view"], fix["heldout_view"])
     labels = calibrated_labels(*args)
-    assert int((labels.label[planted] == OD).sum()) >= 24  # 26 of 32 when written
+    assert int((labels.label[planted] == OD).sum()) >= 27  # 29 of 32 when written
     assert int((labels.label[~planted] != NONE).sum()) == 0
     old = calibrated_labels(*args, standardise="local_rescaled", combine="max")
     assert int((old.label != NONE).sum()) == 0
