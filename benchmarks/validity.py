@@ -1,7 +1,8 @@
 """The validity suite: do the per-point verdicts hold on memorization they were not tuned on?
 
-    python benchmarks/validity_runs.py          # train and measure every cell (about an hour on 2 CPU cores)
-    python benchmarks/validity.py               # judge them: the table, leave-one-family-out calibration
+    python benchmarks/validity.py --measure     # train and measure every missing run (about an hour on 2 CPU
+                                                # cores; or benchmarks/validity_runs.py), then judge them
+    python benchmarks/validity.py               # judge the stored runs: the table, leave-one-family-out
     python benchmarks/validity.py --quick       # measure and judge four small cells (the test runs this)
     python benchmarks/validity.py --table       # BENCHMARKS.md's tables from the last JSON
 
@@ -261,6 +262,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="measure and judge four small cells")
     parser.add_argument("--table", action="store_true", help="print the Markdown tables of the last JSON")
+    parser.add_argument("--measure", action="store_true", help="first train and measure the runs not stored yet")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     out = args.out or (DEFAULT_OUT.with_name("validity-quick.json") if args.quick else DEFAULT_OUT)
@@ -270,6 +272,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     folder = out.parent / "validity-quick" if args.quick else R.RUNS
     if args.quick:
         R.main(["--quick", "--out", str(folder)])
+    elif args.measure:
+        R.main(["--out", str(folder)])
     cells = by_cell(load_runs(folder))
     defaults = evaluate(cells, {})
     old = evaluate(cells, OLD_RULE)
