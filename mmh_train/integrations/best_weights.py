@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..io import write_bytes_atomic
+from ..io import writable_file, write_bytes_atomic
 
 __all__ = ["BestWeights"]
 
@@ -50,7 +50,7 @@ class BestWeights:
         if where is True:
             self.path: Path | None = None
         elif isinstance(where, (str, os.PathLike)) and str(where):
-            self.path = Path(where)
+            self.path = writable_file(where, "restore_best_weights", "best.pt")  # refused before any work
         else:
             raise TypeError(f"restore_best_weights must be True or a file path for the copy; got {where!r}.")
         self.snapshot: Snapshot | None = None

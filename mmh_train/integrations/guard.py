@@ -30,7 +30,7 @@ from torch import Tensor
 from ..audit import audit_csv
 from ..data.indexed import check_indices
 from ..distributed import DistributedOps, default_ops
-from ..io import write_text_atomic
+from ..io import writable_file, writable_folder, write_text_atomic
 from ..monitor import CheckResult, MemorizationMonitor
 from ..parameterizations import as_denoiser
 from ..probes import dataset_size, derived_seed
@@ -88,7 +88,7 @@ class MemorizationGuard:
         self.ema = ema
         self.penalty_sigma, self.penalty_probes, self.penalty_subset, self.seed = None, 1, 16, 0
         self.distributed = distributed
-        self.audit_path = audit_path
+        self.audit_path = writable_file(audit_path, "audit_path", "audit.csv") if self.rank == 0 else audit_path
         self.denoiser: Any | None = None  # the denoiser of the latest check (the report samples it by default)
         self.seconds = 0.0  # wall time from the first maybe_check call to the latest check (the report's "train s")
         self._first_call: float | None = None
@@ -302,6 +302,8 @@ class MemorizationGuard:
         """
         from ..report.from_guard import default_sampler, write_guard_report  # matplotlib only for a report
 
+        if self.rank == 0:  # before the final check's work
+            writable_folder(out_dir, "write_report's out_dir")
         self.final_check()
         if sampler is None:
             sampler = default_sampler(self, denoiser if denoiser is not None else self.denoiser)
@@ -354,9 +356,7 @@ class MemorizationGuard:
         if part == "weights":
             return self.weights.state_dict() if self.weights is not None else None
         if part == "penalty":
-            if self.schedule is None:
-                return None
-            return self.schedule.state_dict()
+            return self.schedule.state_dict() if self.schedule is not None else None
         if part == "stopper":
             if self.stopper is None:
                 return None

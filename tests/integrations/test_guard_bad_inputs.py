@@ -1,6 +1,7 @@
 """Reliability: guard, monitor and copy-test inputs that used to pass silently or fail raw, each refused up front
 with the fix named, or warned about (issue "Reliability, third round")."""
 
+import os
 import warnings
 
 import pytest
@@ -117,6 +118,9 @@ def test_the_report_refuses_a_training_set_the_monitor_did_not_watch(tmp_path, d
         guard.write_report(tmp_path, train_data=X + 1.0, heldout_data=H, n_samples=8)
     with pytest.raises(ValueError, match="train_data has shape"):
         guard.write_report(tmp_path, train_data=X[:, :2], heldout_data=H, n_samples=8)
+    with pytest.raises(ValueError, match=r"train_data has shape \(60, 6\) but the monitor watched 64 points of shape "
+                                         r"\(4,\)"):  # names train_data, not the samples
+        guard.write_report(tmp_path, train_data=torch.randn(60, 6), heldout_data=H, n_samples=8)
     assert not (tmp_path / "report.md").exists()
 
 
@@ -151,10 +155,56 @@ def test_a_report_is_named_after_the_script_that_wrote_it(tmp_path, denoiser, mo
 
 
 def test_an_audit_write_that_fails_during_training_warns_and_training_goes_on(tmp_path, denoiser, monkeypatch):
-    blocked = tmp_path / "audit.csv"
-    blocked.mkdir()  # a folder where the file should go: every write fails with an OSError
-    guard = MemorizationGuard(monitor(), audit_path=blocked)
+    def disk_full(path, text):
+        raise OSError(28, "No space left on device")
+
+    audit = tmp_path / "audit.csv"
+    guard = MemorizationGuard(monitor(), audit_path=audit)
+    monkeypatch.setattr("mmh_train.integrations.guard.write_text_atomic", disk_full)
     with pytest.warns(RuntimeWarning, match="could not write the audit table .* training goes on"):
         assert guard.maybe_check(denoiser, 1) is not None
     with pytest.raises(OSError):  # a write the user asks for fails loudly
-        guard.write_audit(blocked)
+        guard.write_audit(audit)
+
+
+def _place_a_file(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    return tmp_path / "file"
+
+
+@pytest.mark.parametrize("where, match", [
+    (lambda tmp: tmp, "is a folder; it names the file to write"),
+    (lambda tmp: _place_a_file(tmp) / "sub" / "out", "is a file, not a folder"),
+])
+def test_unwritable_audit_and_best_weight_paths_are_refused_at_construction(tmp_path, where, match):
+    path = where(tmp_path)
+    with pytest.raises(ValueError, match=f"audit_path=.*{match}"):
+        MemorizationGuard(monitor(), audit_path=path)
+    with pytest.raises(ValueError, match=f"restore_best_weights=.*{match}"):
+        MemorizationGuard(monitor(), stopper=MemorizationStopper(), restore_best_weights=path)
+    MemorizationGuard(monitor(), audit_path=_place_a_file(tmp_path))  # an existing file is replaced, not refused
+
+
+def test_a_report_folder_that_cannot_be_written_is_refused_before_the_final_check(tmp_path, denoiser):
+    guard = MemorizationGuard(MemorizationMonitor(X, H, sigma=0.5, every_n_steps=100))
+    guard.maybe_check(denoiser, 1)  # no check yet: write_report would check the final weights first
+    for out_dir in (_place_a_file(tmp_path), tmp_path / "file" / "report"):
+        with pytest.raises(ValueError, match="write_report's out_dir=.* is a file"):
+            guard.write_report(out_dir, train_data=X, heldout_data=H, n_samples=8)
+    assert guard.monitor.steps == []
+
+
+def test_a_folder_without_write_permission_is_refused_up_front(tmp_path, monkeypatch):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        if os.access(locked, os.W_OK):  # root: permissions do not bind, so the folder reads as locked instead
+            access = os.access
+            monkeypatch.setattr("mmh_train.io.os.access", lambda p, mode: p != locked and access(p, mode))
+        with pytest.raises(ValueError, match="folder .*locked is not writable by this user"):
+            MemorizationGuard(monitor(), audit_path=locked / "audit.csv")
+        with pytest.raises(ValueError, match="restore_best_weights=.*not writable"):
+            MemorizationGuard(monitor(), stopper=MemorizationStopper(), restore_best_weights=locked / "sub" / "w.pt")
+    finally:
+        locked.chmod(0o700)
