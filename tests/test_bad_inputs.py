@@ -183,6 +183,26 @@ def test_input_dtype_other_than_the_network_fails_before_any_call(estimate):
     assert torch.isfinite(estimate(den, X, 0.1)).all()  # float32 x: the right answer
 
 
+_GLOBAL_NET = LinearDenoiser()
+_HIDDEN_NETS = {"net": LinearDenoiser()}
+
+
+def _global_denoiser(x, s):  # reads the network through a global name, as a script's top-level function does
+    return _GLOBAL_NET(x, s)
+
+
+def test_float64_data_for_a_float32_network_read_through_a_global_fails_before_any_call():
+    from mmh_train import vp_denoiser
+
+    calls = _GLOBAL_NET.calls
+    for den in (_global_denoiser, vp_denoiser(_global_denoiser)):
+        with pytest.raises(TypeError, match=r"x has dtype torch.float64 .* pass x.to\(torch.float32\)"):
+            flipd(den, X.double(), 0.1)
+    assert _GLOBAL_NET.calls == calls
+    with pytest.raises(TypeError, match=r"dtype torch.float64 .*: cast the data to the network's dtype, e.g. x.float"):
+        flipd(lambda x, s: _HIDDEN_NETS["net"](x, s), X.double(), 0.1)  # not found: named once torch refuses
+
+
 def test_a_detached_output_is_named():
     den = LinearDenoiser()
     with pytest.raises(TypeError, match="does not depend on x through autograd: it was detached"):

@@ -11,6 +11,7 @@ from .._checks import as_sigma_batch, check_choice, check_points, check_positive
 from ..context import PRECISIONS
 from ..jacobian import MODES, PROBES
 from ..parameterizations import Denoiser, as_denoiser
+from ..parameterizations.denoisers import modules_read_globally
 
 __all__ = ["prepare_denoiser_call", "output_checker", "check_generator"]
 
@@ -46,12 +47,15 @@ def prepare_denoiser_call(denoiser: Any, x: Tensor, sigma: float | Tensor, *, n_
 
 
 def _check_network_dtype(den: Denoiser, x: Tensor) -> None:
-    """x must have a dtype the network's floating parameters have (a mismatch fails deep inside torch)."""
-    dtypes = {p.dtype for m in den.modules() for p in m.parameters() if p.is_floating_point()}
+    """x must have a dtype the network's floating parameters have (a mismatch fails deep inside torch). The network
+    is the denoiser's modules, or those a plain function reads through global names."""
+    modules = den.modules() or modules_read_globally(den)
+    dtypes = {p.dtype for m in modules for p in m.parameters() if p.is_floating_point()}
     if dtypes and x.dtype not in dtypes:
         names = ", ".join(sorted(str(d) for d in dtypes))
         want = next(iter(dtypes)) if len(dtypes) == 1 else None
-        fix = f"pass x.to({want})" if want is not None else "pass x in the network's dtype"
+        fix = (f"pass x.to({want}) (the data in the network's dtype)" if want is not None
+               else "pass x in the network's dtype")
         raise TypeError(f"x has dtype {x.dtype} but the network's parameters are {names}; {fix}, or convert the "
                         f"network (e.g. .to(torch.{str(x.dtype).removeprefix('torch.')})). To run a float32 network "
                         f"in half precision on purpose, keep x float32 and pass precision='bf16'.")

@@ -125,6 +125,10 @@ def trace_of_denoiser(denoiser: Denoiser, x: Tensor, sigma: Tensor, *, precision
     if mode == "forward":
         raise RuntimeError(f"forward-mode JVPs fail through this network ({first_line}); "
                            f"pass mode='reverse', which works through stock diffusers UNets.") from first_error
+    if "dtype" in first_line or "scalar type" in first_line:
+        raise TypeError(f"the denoiser failed on x of dtype {x.dtype} ({first_line}): cast the data to the network's "
+                        f"dtype, e.g. x.float() for a float32 network (for a monitor, the data it was built with), or "
+                        f"convert the network.") from first_error
     raise RuntimeError(f"the denoiser failed on x of shape {tuple(x.shape)} and dtype {x.dtype} ({first_line}); check "
                        f"that x has the shape, dtype and device the network takes, and that the network runs on its "
                        f"own on x (e.g. denoiser(x, sigma)).") from first_error

@@ -224,6 +224,37 @@ def modules_inside(fn: Any) -> list[nn.Module]:
     return found
 
 
+def modules_read_globally(fn: Any) -> list[nn.Module]:
+    """The ``nn.Module``\\ s a plain function reads through global names (``def den(y, s): return net(y, s)`` at a
+    script's top level finds ``net``), also through the global functions it calls; a few levels deep.
+
+    Not used to manage train/eval mode (that stays with what :func:`modules_inside` finds); used to learn the
+    network's dtype before a call and to keep its buffers unchanged by the estimators' own checks.
+    """
+    found: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def names(code: Any) -> set[str]:
+        nested = [c for c in code.co_consts if inspect.iscode(c)]
+        return set(code.co_names).union(*(names(c) for c in nested))
+
+    def visit(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > 3:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            found.append(obj)
+        elif isinstance(obj, functools.partial):
+            visit(obj.func, depth + 1)
+        elif inspect.isfunction(obj):
+            for name in sorted(names(obj.__code__)):
+                if name in obj.__globals__:
+                    visit(obj.__globals__[name], depth + 1)
+
+    visit(getattr(fn, "fn", None) or getattr(fn, "network", None) or fn, 0)
+    return found
+
+
 def as_denoiser(denoiser: Any) -> Denoiser:
     """Returns ``denoiser`` if it already is a :class:`Denoiser`, else wraps a plain callable ``(x, sigma) -> x0``.
 
