@@ -8,12 +8,14 @@ plain callable), and runs inside the estimator's context (eval mode for the modu
 
 from __future__ import annotations
 
+import contextlib
 import weakref
-from typing import Any
+from typing import Any, Iterator
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
+from ..parameterizations.denoisers import modules_read_globally
 from ._prepare import output_checker
 
 __all__ = ["check_per_sample"]
@@ -33,7 +35,7 @@ def check_per_sample(denoiser: Any, x: Tensor, sigma: Tensor) -> None:
     keys = denoiser.modules() or [_function_of(denoiser)]
     if all(_was_checked(key) for key in keys):
         return
-    with torch.no_grad():
+    with torch.no_grad(), _buffers_kept(denoiser.modules() + modules_read_globally(denoiser)):
         try:
             out = denoiser(x, sigma)
         except RuntimeError:  # e.g. half-precision weights that need autocast: the estimator's own path handles it
@@ -57,6 +59,19 @@ def check_per_sample(denoiser: Any, x: Tensor, sigma: Tensor) -> None:
             _CHECKED.add(key)
         except TypeError:  # not weak-referenceable: checked again next time, never mistaken for another
             pass
+
+
+@contextlib.contextmanager
+def _buffers_kept(modules: list[nn.Module]) -> Iterator[None]:
+    """The check's two forward passes leave no trace: a BatchNorm in train mode (the very thing the check refuses)
+    would otherwise have moved its running statistics before the error is raised."""
+    saved = [(b, b.clone()) for root in modules for m in root.modules() if m.training for b in m.buffers(recurse=False)]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for buffer, value in saved:
+                buffer.copy_(value)
 
 
 def _function_of(denoiser: Any) -> Any:

@@ -22,8 +22,11 @@ def _through_a_global(x, s):  # the network is reached through a global name: th
 
 def test_batchnorm_in_train_mode_behind_a_function_is_refused_and_the_fix_is_named():
     _HIDDEN.train()
+    stats = {k: v.clone() for k, v in _HIDDEN.state_dict().items()}
     with pytest.raises(ValueError, match="pass the module itself"):
         flipd(_through_a_global, X, 0.3)
+    for key, value in _HIDDEN.state_dict().items():  # the refused check's forward passes left no trace
+        assert torch.equal(value, stats[key]), key
     net = _HIDDEN
     assert flipd(lambda x, s: net(x), X, 0.3).shape == (6,)  # held by the closure: seen, eval mode, per sample
     assert _HIDDEN.training
