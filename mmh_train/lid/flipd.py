@@ -125,7 +125,7 @@ def trace_of_denoiser(denoiser: Denoiser, x: Tensor, sigma: Tensor, *, precision
     if mode == "forward":
         raise RuntimeError(f"forward-mode JVPs fail through this network ({first_line}); "
                            f"pass mode='reverse', which works through stock diffusers UNets.") from first_error
-    if "dtype" in first_line or "scalar type" in first_line:
+    if x.dtype == torch.float64 and ("Double" in first_line or "double" in first_line):  # float64 data, lower net
         raise TypeError(f"the denoiser failed on x of dtype {x.dtype} ({first_line}): cast the data to the network's "
                         f"dtype, e.g. x.float() for a float32 network (for a monitor, the data it was built with), or "
                         f"convert the network.") from first_error
