@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import Tensor, nn
@@ -191,6 +191,56 @@ class EDMDenoiser(Denoiser):
         return modules_inside(self.network)
 
 
+def _reachable_modules(root: Any, children: Callable[[Any], Iterable[Any]], max_depth: int = 3) -> list[nn.Module]:
+    """The ``nn.Module``\\ s reached from ``root`` by following ``children(obj)`` (objects that are not
+    modules), each object once, at most ``max_depth`` steps away."""
+    found: list[nn.Module] = []
+    seen: set[int] = set()
+
+    def visit(obj: Any, depth: int) -> None:
+        if id(obj) in seen or depth > max_depth:
+            return
+        seen.add(id(obj))
+        if isinstance(obj, nn.Module):
+            found.append(obj)
+            return
+        for child in children(obj):
+            visit(child, depth + 1)
+
+    visit(root, 0)
+    return found
+
+
+def _closure_children(obj: Any) -> Iterable[Any]:
+    """What a callable holds: a partial's function and arguments, a bound method's owner, a closure's cells."""
+    if isinstance(obj, functools.partial):
+        yield from (obj.func, *obj.args, *obj.keywords.values())
+    elif inspect.ismethod(obj):
+        yield obj.__self__
+    elif inspect.isfunction(obj):
+        for cell in obj.__closure__ or ():
+            try:
+                yield cell.cell_contents
+            except ValueError:  # an empty cell
+                continue
+
+
+def _code_names(code: Any) -> set[str]:
+    """Every global name a code object (and the code nested in it) reads."""
+    nested = [c for c in code.co_consts if inspect.iscode(c)]
+    return set(code.co_names).union(*(_code_names(c) for c in nested))
+
+
+def _global_children(obj: Any) -> Iterable[Any]:
+    """What a function reads through global names (and a partial's function)."""
+    if isinstance(obj, functools.partial):
+        yield obj.func
+    elif inspect.isfunction(obj):
+        for name in sorted(_code_names(obj.__code__)):
+            if name in obj.__globals__:
+                yield obj.__globals__[name]
+
+
 def modules_inside(fn: Any) -> list[nn.Module]:
     """The ``nn.Module``\\ s a callable evaluates, as far as they can be found without running it.
 
@@ -199,29 +249,7 @@ def modules_inside(fn: Any) -> list[nn.Module]:
     recursively. The estimators switch what is found to eval mode for a call and restore it afterwards; a
     module reached only through a global name is not found.
     """
-    found: list[nn.Module] = []
-    seen: set[int] = set()
-
-    def visit(obj: Any, depth: int) -> None:
-        if id(obj) in seen or depth > 3:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, nn.Module):
-            found.append(obj)
-        elif isinstance(obj, functools.partial):
-            for part in (obj.func, *obj.args, *obj.keywords.values()):
-                visit(part, depth + 1)
-        elif inspect.ismethod(obj):
-            visit(obj.__self__, depth + 1)
-        elif inspect.isfunction(obj):
-            for cell in obj.__closure__ or ():
-                try:
-                    visit(cell.cell_contents, depth + 1)
-                except ValueError:  # an empty cell
-                    continue
-
-    visit(fn, 0)
-    return found
+    return _reachable_modules(fn, _closure_children)
 
 
 def modules_read_globally(fn: Any) -> list[nn.Module]:
@@ -231,28 +259,7 @@ def modules_read_globally(fn: Any) -> list[nn.Module]:
     Not used to manage train/eval mode (that stays with what :func:`modules_inside` finds); used to learn the
     network's dtype before a call and to keep its buffers unchanged by the estimators' own checks.
     """
-    found: list[nn.Module] = []
-    seen: set[int] = set()
-
-    def names(code: Any) -> set[str]:
-        nested = [c for c in code.co_consts if inspect.iscode(c)]
-        return set(code.co_names).union(*(names(c) for c in nested))
-
-    def visit(obj: Any, depth: int) -> None:
-        if id(obj) in seen or depth > 3:
-            return
-        seen.add(id(obj))
-        if isinstance(obj, nn.Module):
-            found.append(obj)
-        elif isinstance(obj, functools.partial):
-            visit(obj.func, depth + 1)
-        elif inspect.isfunction(obj):
-            for name in sorted(names(obj.__code__)):
-                if name in obj.__globals__:
-                    visit(obj.__globals__[name], depth + 1)
-
-    visit(getattr(fn, "fn", None) or getattr(fn, "network", None) or fn, 0)
-    return found
+    return _reachable_modules(getattr(fn, "fn", None) or getattr(fn, "network", None) or fn, _global_children)
 
 
 def as_denoiser(denoiser: Any) -> Denoiser:
